@@ -1,0 +1,148 @@
+"""Settings: one TOML file plus environment overrides, validated once at start-up.
+
+The file is named by ``--config`` or ``DISPATCHER_CONFIG``; every setting can be
+overridden by ``DISPATCHER_<SECTION>__<NAME>`` (for example
+``DISPATCHER_TARANTOOL__PORT=3302``). With neither, the defaults run a
+single local node: its own Tarantool on 127.0.0.1:3301, data in ``./data``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from dispatcher.errors import ConfigError
+
+CONFIG_ENV = "DISPATCHER_CONFIG"
+DEV_PASSWORD = "dispatcher-dev-password"
+
+
+class TarantoolSettings(BaseModel):
+    """How the dispatcher reaches its node's Tarantool."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(3301, ge=1, le=65535)
+    user: str = "dispatcher"
+    password: SecretStr = SecretStr(DEV_PASSWORD)
+    # How long start-up waits for Tarantool to answer before giving up.
+    startup_timeout_s: float = Field(30.0, gt=0)
+    connect_timeout_s: float = Field(3.0, gt=0)
+    request_timeout_s: float = Field(10.0, gt=0)
+    # Pause between reconnect attempts after the connection drops.
+    reconnect_interval_s: float = Field(0.5, gt=0)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class NodeSettings(BaseModel):
+    """This node, and the Tarantool the dispatcher starts for it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("node1", pattern=r"^[\w.-]+$")
+    # Start and stop the node's Tarantool ourselves (the default), or use
+    # one that runs as its own service (systemd, a container).
+    embedded: bool = True
+    data_dir: Path = Path("data")
+    memtx_memory_mb: int = Field(256, ge=32)
+    tarantool_bin: str = "tarantool"
+    # Other nodes' Tarantool addresses; replication is full mesh.
+    peers: list[str] = Field(default_factory=list)
+    replicator_password: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _peers_need_replicator(self) -> NodeSettings:
+        for peer in self.peers:
+            host, _, port = peer.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"peers: {peer!r} is not host:port")
+        if self.peers and self.replicator_password is None:
+            raise ValueError("peers are set, so replicator_password must be set too")
+        return self
+
+
+class Settings(BaseSettings):
+    """All settings. Build with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DISPATCHER_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    tarantool: TarantoolSettings = Field(default_factory=TarantoolSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values come in as init arguments; the environment wins.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _no_dev_password_off_loopback(self) -> Settings:
+        if self.tarantool.password.get_secret_value() == DEV_PASSWORD and not _is_loopback(
+            self.tarantool.host
+        ):
+            raise ValueError(
+                "tarantool.password: the built-in development password is only allowed "
+                "when tarantool.host is a loopback address; set a password of your own"
+            )
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "settings"
+        lines.append(f"{where}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def load_settings(path: Path | str | None = None) -> Settings:
+    """Reads the file (``path``, else ``$DISPATCHER_CONFIG``, else none) and the
+    environment, and returns checked settings or raises :class:`ConfigError`
+    naming every setting at fault."""
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = os.environ[CONFIG_ENV]
+    values = _read_file(Path(path)) if path is not None else {}
+    try:
+        return Settings(**values)
+    except ValidationError as e:
+        source = f" (file {path} and DISPATCHER_* environment)" if path else ""
+        raise ConfigError(f"invalid settings{source}: {_describe(e)}") from None

@@ -1,0 +1,101 @@
+-- A node's Tarantool: `tarantool lua/init.lua`, settings from NODE_*
+-- environment variables or a JSON file (see node/config.lua).
+local fio = require('fio')
+local log = require('log')
+local console = require('console')
+
+local here = fio.dirname(fio.abspath(debug.getinfo(1, 'S').source:sub(2)))
+package.path = here .. '/?.lua;' .. here .. '/?/init.lua;' .. package.path
+
+local config = require('node.config')
+
+local ok, cfg = pcall(config.load)
+if not ok then
+    io.stderr:write('node: ' .. tostring(cfg) .. '\n')
+    os.exit(2)
+end
+
+local versioned = require('node.versioned')
+local schema = require('node.schema')
+local access = require('node.access')
+local subscribers = require('node.subscribers')
+-- Global, as tarantool/queue: clients call `queue.tube.<name>:<method>`.
+queue = require('queue')
+
+if not fio.path.is_dir(cfg.data_dir) and not fio.mktree(cfg.data_dir) then
+    io.stderr:write(string.format('node: cannot create data_dir %s\n', cfg.data_dir))
+    os.exit(2)
+end
+
+local function replication_uris()
+    if #cfg.peers == 0 then
+        return nil
+    end
+    if cfg.replicator_password == nil then
+        io.stderr:write('node: peers are set, so replicator_password must be set too\n')
+        os.exit(2)
+    end
+    local uris = {}
+    for _, addr in ipairs(cfg.peers) do
+        table.insert(uris, string.format('%s:%s@%s', access.REPLICATOR,
+                                         cfg.replicator_password, addr))
+    end
+    table.insert(uris, string.format('%s:%s@%s', access.REPLICATOR,
+                                     cfg.replicator_password, cfg.listen))
+    return uris
+end
+
+-- Triggers of the replicated spaces go in before box.cfg loads any row.
+versioned.watch(schema.VERSIONED)
+
+box.cfg({
+    listen = cfg.listen,
+    memtx_dir = cfg.data_dir,
+    wal_dir = cfg.data_dir,
+    vinyl_dir = cfg.data_dir,
+    memtx_memory = cfg.memtx_memory_mb * 1024 * 1024,
+    log_level = cfg.log_level,
+    log = cfg.log,
+    custom_proc_title = cfg.name,
+    replication = replication_uris(),
+    replication_connect_quorum = cfg.replication_connect_quorum,
+})
+
+subscribers.node_name = cfg.name
+schema.migrate()
+queue.start({registry_space_id = 516})
+versioned.install_existing()
+
+-- The stored functions the dispatcher calls, as global `node.*`.
+node = {
+    subscriber_put = subscribers.put,
+    subscriber_put_many = subscribers.put_many,
+    subscriber_get = subscribers.get,
+    subscribers_of_user = subscribers.of_user,
+    subscriber_remove = subscribers.remove,
+    subscribers_page = subscribers.page,
+    info = function()
+        return {
+            name = cfg.name,
+            schema_version = schema.version(),
+            schema_latest = schema.LATEST,
+            ro = box.info.ro,
+            status = box.info.status,
+        }
+    end,
+}
+
+if not box.info.ro then
+    local names = {}
+    for fname in pairs(node) do
+        table.insert(names, 'node.' .. fname)
+    end
+    table.sort(names)
+    access.apply(cfg, names)
+end
+
+-- Operators get an admin console on a unix socket in the data directory.
+console.listen('unix/:' .. fio.abspath(fio.pathjoin(cfg.data_dir, 'admin.sock')))
+
+log.info('node %s ready: listening on %s, data in %s, schema version %d',
+         cfg.name, cfg.listen, cfg.data_dir, schema.version())

@@ -1,0 +1,134 @@
+-- The node's schema and its migrations.
+--
+-- Space ids are explicit so that every node agrees on them, and every step
+-- is idempotent (if_not_exists), so a node that died half-way through a
+-- migration simply runs it again. The applied version is kept in _schema,
+-- which replicates with the spaces it describes.
+local queue = require('queue')
+
+local M = {}
+
+local VERSION_KEY = 'dispatcher_schema_version'
+
+-- Field numbers shared with the code that reads and writes these spaces.
+M.SUBSCRIBER = {token = 1, user_id = 2, platform = 3, app = 4, topics = 5, tz = 6,
+                locale = 7, created = 8, updated = 9, origin = 10, deleted = 11}
+M.BROADCAST = {id = 1, idempotency_key = 2, state = 3, created = 4, updated = 5,
+               origin = 6, spec = 7}
+M.PROGRESS = {broadcast_id = 1, node = 2, counters = 3, updated = 4, origin = 5}
+
+-- Replicated spaces and where their version lives (see versioned.lua).
+M.VERSIONED = {
+    subscriber = {updated = M.SUBSCRIBER.updated, origin = M.SUBSCRIBER.origin},
+    broadcast = {updated = M.BROADCAST.updated, origin = M.BROADCAST.origin},
+    progress = {updated = M.PROGRESS.updated, origin = M.PROGRESS.origin},
+}
+
+-- Node-local send and fan-out tubes: name, type, space id.
+M.TUBES = {
+    {'ios', 'fifottl', 520},
+    {'android', 'fifottl', 521},
+    {'fanout', 'fifottl', 522},
+}
+
+local migrations = {}
+
+migrations[1] = function()
+    local s = box.schema.space.create('subscriber', {
+        id = 512,
+        if_not_exists = true,
+        format = {
+            {name = 'token', type = 'string'},
+            {name = 'user_id', type = 'string'},
+            {name = 'platform', type = 'string'},
+            {name = 'app', type = 'string'},
+            {name = 'topics', type = 'array'},
+            {name = 'tz', type = 'string'},
+            {name = 'locale', type = 'string'},
+            {name = 'created', type = 'number'},
+            {name = 'updated', type = 'unsigned'},
+            {name = 'origin', type = 'string'},
+            {name = 'deleted', type = 'boolean'},
+        },
+    })
+    s:create_index('token', {parts = {{'token', 'string'}}, if_not_exists = true})
+    -- The fan-out cursor: audience pages in (user_id, token) order.
+    s:create_index('user', {parts = {{'user_id', 'string'}, {'token', 'string'}},
+                            if_not_exists = true})
+
+    local b = box.schema.space.create('broadcast', {
+        id = 513,
+        if_not_exists = true,
+        format = {
+            {name = 'id', type = 'string'},
+            {name = 'idempotency_key', type = 'string'},
+            {name = 'state', type = 'string'},
+            {name = 'created', type = 'number'},
+            {name = 'updated', type = 'unsigned'},
+            {name = 'origin', type = 'string'},
+            {name = 'spec', type = 'map'},
+        },
+    })
+    b:create_index('id', {parts = {{'id', 'string'}}, if_not_exists = true})
+    -- Not unique: two nodes may take one key at once; ids derive from the
+    -- key, so they collapse into one row instead of breaking replication.
+    b:create_index('idempotency_key', {parts = {{'idempotency_key', 'string'}},
+                                       unique = false, if_not_exists = true})
+    b:create_index('created', {parts = {{'created', 'number'}, {'id', 'string'}},
+                               if_not_exists = true})
+
+    local p = box.schema.space.create('progress', {
+        id = 514,
+        if_not_exists = true,
+        format = {
+            {name = 'broadcast_id', type = 'string'},
+            {name = 'node', type = 'string'},
+            {name = 'counters', type = 'map'},
+            {name = 'updated', type = 'unsigned'},
+            {name = 'origin', type = 'string'},
+        },
+    })
+    p:create_index('key', {parts = {{'broadcast_id', 'string'}, {'node', 'string'}},
+                           if_not_exists = true})
+
+    local d = box.schema.space.create('dead_letter', {
+        id = 515,
+        is_local = true,
+        if_not_exists = true,
+        format = {
+            {name = 'id', type = 'unsigned'},
+            {name = 'created', type = 'unsigned'},
+            {name = 'tube', type = 'string'},
+            {name = 'reason', type = 'string'},
+            {name = 'data', type = 'any'},
+        },
+    })
+    d:create_index('id', {parts = {{'id', 'unsigned'}}, if_not_exists = true})
+
+    queue.start({registry_space_id = 516})
+    for _, t in ipairs(M.TUBES) do
+        queue.create_tube(t[1], t[2], {space_id = t[3], if_not_exists = true})
+    end
+end
+
+function M.version()
+    local row = box.space._schema:get(VERSION_KEY)
+    return row and row[2] or 0
+end
+
+-- Applies the pending migrations in order. A read-only node (a replica
+-- whose peers own the schema) applies none and gets them by replication.
+function M.migrate()
+    if box.info.ro then
+        return M.version()
+    end
+    for v = M.version() + 1, #migrations do
+        migrations[v]()
+        box.space._schema:replace({VERSION_KEY, v})
+    end
+    return M.version()
+end
+
+M.LATEST = #migrations
+
+return M

@@ -1,0 +1,152 @@
+-- Device registrations: the replicated `subscriber` space.
+--
+-- Rows are never deleted by a client: removal writes a newer version
+-- marked deleted (a tombstone), so a removal and a concurrent update on
+-- another node resolve by version like any other pair of writes.
+local schema = require('node.schema')
+local versioned = require('node.versioned')
+
+local S = schema.SUBSCRIBER
+local VERSION = schema.VERSIONED.subscriber
+local PLATFORMS = {ios = true, android = true}
+
+-- A page read looks at no more than this many rows per returned row, so
+-- a narrow audience cannot hold the transaction thread for long.
+local SCAN_FACTOR = 8
+
+local M = {node_name = 'node1'}
+
+local function fail(fmt, ...)
+    error(string.format('subscriber: ' .. fmt, ...), 0)
+end
+
+local function check_string(value, field)
+    if type(value) ~= 'string' or value == '' then
+        fail('%s must be a non-empty string, got %s', field, tostring(value))
+    end
+end
+
+local function live(t)
+    return t ~= nil and not t[S.deleted]
+end
+
+-- Validates one registration {token, user_id, platform, app, topics, tz,
+-- locale} and returns the stored row for it.
+local function row_for(reg, now_s)
+    if type(reg) ~= 'table' then
+        fail('a registration must be an array, got %s', type(reg))
+    end
+    local token, user_id, platform, app, topics, tz, locale = unpack(reg, 1, 7)
+    check_string(token, 'token')
+    check_string(user_id, 'user_id')
+    if not PLATFORMS[platform] then
+        fail("platform must be 'ios' or 'android', got %s", tostring(platform))
+    end
+    check_string(app, 'app')
+    topics = topics or {}
+    if type(topics) ~= 'table' then
+        fail('topics must be an array of strings')
+    end
+    local old = box.space.subscriber:get(token)
+    local created = live(old) and old[S.created] or now_s
+    return {token, user_id, platform, app, topics, tz or 'UTC', locale or '',
+            created, versioned.next_version(old, VERSION), M.node_name, false}
+end
+
+-- Registers or updates many devices in one transaction; returns the count.
+function M.put_many(regs)
+    local now_s = require('fiber').time()
+    box.atomic(function()
+        for _, reg in ipairs(regs) do
+            box.space.subscriber:replace(row_for(reg, now_s))
+        end
+    end)
+    return #regs
+end
+
+function M.put(token, user_id, platform, app, topics, tz, locale)
+    M.put_many({{token, user_id, platform, app, topics, tz, locale}})
+    return box.space.subscriber:get(token)
+end
+
+function M.get(token)
+    local t = box.space.subscriber:get(token)
+    if live(t) then
+        return t
+    end
+end
+
+function M.of_user(user_id)
+    local out = {}
+    for _, t in box.space.subscriber.index.user:pairs({user_id}) do
+        if live(t) then
+            table.insert(out, t)
+        end
+    end
+    return out
+end
+
+-- Marks the device removed; returns true if it was registered.
+function M.remove(token)
+    local old = box.space.subscriber:get(token)
+    if not live(old) then
+        return false
+    end
+    box.space.subscriber:update(token, {
+        {'=', S.deleted, true},
+        {'=', S.updated, versioned.next_version(old, VERSION)},
+        {'=', S.origin, M.node_name},
+    })
+    return true
+end
+
+local function contains_any(have, wanted)
+    for _, w in ipairs(wanted) do
+        for _, h in ipairs(have) do
+            if h == w then
+                return true
+            end
+        end
+    end
+    return false
+end
+
+local function matches(t, audience)
+    return live(t)
+        and (audience.app == nil or t[S.app] == audience.app)
+        and (audience.platform == nil or t[S.platform] == audience.platform)
+        and (audience.topics == nil or #audience.topics == 0
+             or contains_any(t[S.topics], audience.topics))
+end
+
+-- The next page of the audience in (user_id, token) order, strictly after
+-- `after` ({user_id, token}, or nil for the start). Returns the rows and
+-- the cursor to continue from: the key of the last row looked at, or nil
+-- when the index is exhausted. A page may hold fewer than `limit` rows
+-- (even none) when the scan budget ran out first; keep going while the
+-- cursor is not nil.
+function M.page(after, limit, audience)
+    if type(limit) ~= 'number' or limit < 1 then
+        fail('page limit must be a positive number, got %s', tostring(limit))
+    end
+    audience = audience or {}
+    local rows = {}
+    local budget = limit * SCAN_FACTOR
+    local index = box.space.subscriber.index.user
+    local iter = 'GT'
+    if after == nil or #after == 0 then
+        after, iter = {}, 'GE'
+    end
+    for _, t in index:pairs(after, {iterator = iter}) do
+        if matches(t, audience) then
+            table.insert(rows, t)
+        end
+        budget = budget - 1
+        if #rows >= limit or budget <= 0 then
+            return rows, {t[S.user_id], t[S.token]}
+        end
+    end
+    return rows, nil
+end
+
+return M

@@ -1,0 +1,85 @@
+-- Versioned rows for replicated spaces.
+--
+-- Tarantool 2.6 full-mesh replication applies rows in arrival order: two
+-- nodes that replace one key while cut off end up swapped. So every row
+-- of a replicated space carries its version, (updated_us, origin), and a
+-- before_replace trigger keeps the newer of the stored and the incoming
+-- row, whichever way it came (local write or replication). All nodes then
+-- converge on the same row.
+local fiber = require('fiber')
+
+local M = {}
+
+-- space name -> {updated = field number, origin = field number}
+local watched = {}
+local installed = {}
+
+-- Is row `a` older than row `b`? Ties on time are broken by origin name.
+local function older(a, b, spec)
+    local ua, ub = a[spec.updated], b[spec.updated]
+    if ua ~= ub then
+        return ua < ub
+    end
+    return a[spec.origin] < b[spec.origin]
+end
+
+function M.rule(spec)
+    return function(old, new)
+        if old == nil or new == nil then
+            return new
+        end
+        if older(new, old, spec) then
+            return old
+        end
+        return new
+    end
+end
+
+local function install(space_id)
+    local space = box.space[space_id]
+    if space == nil or installed[space_id] then
+        return
+    end
+    space:before_replace(M.rule(watched[space.name]))
+    installed[space_id] = true
+end
+
+-- Registers the replicated spaces and their version fields. Call before
+-- box.cfg: triggers go on each space as its definition is loaded (from
+-- the snapshot, the WAL, a peer or a migration), before any of its rows.
+function M.watch(spaces)
+    for name, spec in pairs(spaces) do
+        watched[name] = spec
+    end
+    box.ctl.on_schema_init(function()
+        box.space._space:on_replace(function(_, new)
+            if new ~= nil and watched[new[3]] ~= nil then
+                local id = new[1]
+                box.on_commit(function() install(id) end)
+            end
+        end)
+    end)
+end
+
+-- Installs the triggers on spaces that already exist (for a process that
+-- loaded this module after box.cfg, such as a test).
+function M.install_existing()
+    for name in pairs(watched) do
+        if box.space[name] ~= nil then
+            install(box.space[name].id)
+        end
+    end
+end
+
+-- A version for a local write that replaces `old`: now, or just after
+-- old's version if the clock is behind it, so a local write always wins
+-- over what this node already has.
+function M.next_version(old, spec)
+    local now = tonumber(fiber.time64())
+    if old ~= nil and old[spec.updated] >= now then
+        return old[spec.updated] + 1
+    end
+    return now
+end
+
+return M

@@ -1,0 +1,40 @@
+-- Task states and time units shared by the queue's modules.
+-- Letters and their meaning are those of tarantool/queue, so clients that
+-- compare status letters keep working.
+local fiber = require('fiber')
+
+local M = {
+    READY = 'r',
+    TAKEN = 't',
+    DONE = '-',
+    BURIED = '!',
+    DELAYED = '~',
+}
+
+-- Times are integer milliseconds of the wall clock, so deadlines survive a
+-- restart. Not microseconds: Tarantool hands tuple integers above 2^47
+-- back as uint64 cdata, which Lua arithmetic and math.* mishandle; now
+-- plus "never" in milliseconds stays far below that.
+M.NEVER_MS = 100 * 365 * 86400 * 1000
+
+function M.now_ms()
+    return math.floor(fiber.time() * 1000)
+end
+
+-- Seconds as given by a client (integer or fractional) to milliseconds.
+-- nil stays nil so that callers can fall back to a default.
+function M.seconds_to_ms(value, what)
+    if value == nil then
+        return nil
+    end
+    if type(value) ~= 'number' or value ~= value or value < 0 then
+        error(string.format('queue: %s must be a non-negative number of seconds, got %s',
+                            what, tostring(value)), 0)
+    end
+    if value >= M.NEVER_MS / 1000 then
+        return M.NEVER_MS
+    end
+    return math.floor(value * 1000)
+end
+
+return M

@@ -1,0 +1,73 @@
+"""Fixtures that start real Tarantool processes from lua/ on free loopback
+ports, each in its own temporary directory, and always stop them."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from dispatcher.config import NodeSettings, Settings, TarantoolSettings
+from dispatcher.queue import Queue
+from dispatcher.store import Store
+from dispatcher.subscribers import Subscribers
+from dispatcher.tarantool_process import TarantoolProcess
+
+TEST_PASSWORD = "test-password-123"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def node_settings(data_dir: Path, name: str = "test", port: int | None = None) -> Settings:
+    return Settings(
+        node=NodeSettings(name=name, data_dir=data_dir, memtx_memory_mb=64),
+        tarantool=TarantoolSettings(
+            port=port or free_port(),
+            password=SecretStr(TEST_PASSWORD),
+            startup_timeout_s=20,
+            request_timeout_s=10,
+            reconnect_interval_s=0.1,
+        ),
+    )
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return node_settings(tmp_path / "node")
+
+
+@pytest.fixture
+def tarantool(settings: Settings) -> Iterator[TarantoolProcess]:
+    proc = TarantoolProcess(settings)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.kill()
+
+
+@pytest.fixture
+async def store(settings: Settings, tarantool: TarantoolProcess) -> AsyncIterator[Store]:
+    s = Store(settings.tarantool)
+    await s.connect()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+def queue(store: Store) -> Queue:
+    return Queue(store)
+
+
+@pytest.fixture
+def subscribers(store: Store) -> Subscribers:
+    return Subscribers(store)

@@ -1,0 +1,146 @@
+#!/usr/bin/env tarantool
+-- The node's schema, the version rule of replicated rows, the subscriber
+-- functions and the settings parser.
+local helper = dofile(debug.getinfo(1, 'S').source:sub(2):match('(.*/)') .. 'helper.lua')
+local tap = require('tap')
+
+local versioned = require('node.versioned')
+local schema = require('node.schema')
+
+helper.start({before_cfg = function() versioned.watch(schema.VERSIONED) end})
+queue = require('queue')
+local subscribers = require('node.subscribers')
+local config = require('node.config')
+
+local test = tap.test('node')
+test:plan(7)
+
+test:test('migrations are idempotent and use explicit ids', function(t)
+    t:plan(6)
+    t:is(schema.migrate(), schema.LATEST, 'migrated to the latest version')
+    t:is(schema.migrate(), schema.LATEST, 'a second run changes nothing')
+    t:is(box.space.subscriber.id, 512, 'subscriber has its fixed id')
+    t:is(box.space.ios.id, 520, 'tube ios has its fixed id')
+    t:ok(box.space.ios.is_local and box.space.dead_letter.is_local, 'queues and dead letters are node-local')
+    t:ok(not box.space.subscriber.is_local and not box.space.broadcast.is_local,
+         'subscribers and broadcasts replicate')
+end)
+
+test:test('replicated rows keep the newer version whatever the arrival order', function(t)
+    t:plan(5)
+    local S = schema.SUBSCRIBER
+    local function row(updated, origin, app)
+        return {'tok-v', 'u', 'ios', app, {}, 'UTC', '', 0, updated, origin, false}
+    end
+    box.space.subscriber:replace(row(200, 'node2', 'new'))
+    box.space.subscriber:replace(row(100, 'node1', 'old'))
+    t:is(box.space.subscriber:get('tok-v')[S.app], 'new', 'an older row arriving later is ignored')
+    box.space.subscriber:replace(row(300, 'node1', 'newest'))
+    t:is(box.space.subscriber:get('tok-v')[S.app], 'newest', 'a newer row wins')
+    box.space.subscriber:replace(row(300, 'node0', 'tie-low'))
+    t:is(box.space.subscriber:get('tok-v')[S.app], 'newest', 'same time: the higher origin wins')
+    box.space.subscriber:replace(row(300, 'node9', 'tie-high'))
+    t:is(box.space.subscriber:get('tok-v')[S.app], 'tie-high', 'in either order')
+    box.space.progress:replace({'b1', 'node1', {sent = 5}, 50, 'node1'})
+    box.space.progress:replace({'b1', 'node1', {sent = 1}, 40, 'node1'})
+    t:is(box.space.progress:get({'b1', 'node1'})[3].sent, 5, 'progress rows are versioned too')
+end)
+
+test:test('subscriber writes and reads', function(t)
+    t:plan(10)
+    subscribers.node_name = 'nodeA'
+    local s = subscribers.put('tok1', 'user1', 'ios', 'news', {'sport'}, 'Europe/Paris', 'fr')
+    t:is(s[1], 'tok1', 'registered')
+    local created = s[schema.SUBSCRIBER.created]
+    local v1 = s[schema.SUBSCRIBER.updated]
+    local s2 = subscribers.put('tok1', 'user1', 'ios', 'news', {'sport', 'tech'}, 'Europe/Paris', 'fr')
+    t:ok(s2[schema.SUBSCRIBER.updated] > v1, 'an update gets a newer version')
+    t:is(s2[schema.SUBSCRIBER.created], created, 'and keeps its creation time')
+    subscribers.put('tok2', 'user1', 'android', 'news', {}, nil, nil)
+    t:is(#subscribers.of_user('user1'), 2, 'both devices of the user')
+    t:ok(subscribers.remove('tok1'), 'remove says it was there')
+    t:is(subscribers.get('tok1'), nil, 'removed device is not found')
+    t:is(#subscribers.of_user('user1'), 1, 'nor listed')
+    t:is(box.space.subscriber:get('tok1')[schema.SUBSCRIBER.deleted], true, 'a tombstone stays to replicate')
+    t:ok(not subscribers.remove('tok1'), 'second remove says it was not there')
+    local ok, err = pcall(subscribers.put, 'tok3', 'u', 'windows', 'news')
+    t:like(tostring(err), "platform must be 'ios' or 'android'", 'bad platform refused: ' .. tostring(ok))
+end)
+
+test:test('audience pages in cursor order', function(t)
+    t:plan(6)
+    local regs = {}
+    for i = 1, 100 do
+        table.insert(regs, {string.format('p%03d', i), string.format('pu%03d', i),
+                            i % 2 == 0 and 'ios' or 'android', 'horoscope',
+                            i % 10 == 0 and {'leo'} or {'virgo'}})
+    end
+    t:is(subscribers.put_many(regs), 100, 'put_many')
+    local seen, cursor, calls = {}, nil, 0
+    repeat
+        local rows
+        rows, cursor = subscribers.page(cursor, 7, {app = 'horoscope', platform = 'ios'})
+        calls = calls + 1
+        for _, r in ipairs(rows) do
+            table.insert(seen, r[1])
+        end
+    until cursor == nil
+    t:is(#seen, 50, 'every ios device of the app, once')
+    local sorted = table.copy(seen)
+    table.sort(sorted)
+    t:is_deeply(seen, sorted, 'in order')
+    t:ok(calls >= 8, 'in pages')
+    local leo = subscribers.page(nil, 1000, {app = 'horoscope', topics = {'leo', 'aries'}})
+    t:is(#leo, 10, 'topic filter: any of the given topics')
+    local narrow, next_cursor = subscribers.page(nil, 1, {app = 'nobody'})
+    t:ok(#narrow == 0 and next_cursor ~= nil, 'a scan budget bounds a page that finds nothing')
+end)
+
+test:test('the dispatcher user can call the functions and nothing else', function(t)
+    t:plan(4)
+    local access = require('node.access')
+    access.apply({dispatcher_password = 'dispatcher-pass'}, {'node.info_for_test'})
+    node = {info_for_test = function() return 'ok' end}
+    local conn = require('net.box').connect('dispatcher:dispatcher-pass@unix/:' .. helper.socket)
+    t:is(conn:call('node.info_for_test'), 'ok', 'granted function')
+    t:ok(conn:call('queue.tube.ios:put', {'x'}) ~= nil, 'queue methods')
+    t:ok(not pcall(conn.call, conn, 'box.space.subscriber:select', {}), 'no direct space access')
+    t:ok(not pcall(conn.eval, conn, 'return 1'), 'no eval')
+    conn:close()
+end)
+
+test:test('settings: defaults, file-free overrides, and clear errors', function(t)
+    t:plan(6)
+    local cfg = config.load({NODE_DISPATCHER_PASSWORD = 'long-enough'})
+    t:is(cfg.listen, '127.0.0.1:3301', 'default listen')
+    cfg = config.load({NODE_DISPATCHER_PASSWORD = 'long-enough', NODE_PEERS = 'a:1, b:2',
+                       NODE_MEMTX_MEMORY_MB = '512'})
+    t:is_deeply({cfg.peers, cfg.memtx_memory_mb}, {{'a:1', 'b:2'}, 512}, 'environment overrides')
+    local function err(env)
+        local ok, e = pcall(config.load, env)
+        return ok and 'no error' or e
+    end
+    t:like(err({}), 'dispatcher_password .*must be set', 'password required')
+    t:like(err({NODE_DISPATCHER_PASSWORD = 'long-enough', NODE_MEMTX_MEMORY_MB = 'lots'}),
+           'memtx_memory_mb %(from NODE_MEMTX_MEMORY_MB%): must be a positive integer', 'bad number')
+    t:like(err({NODE_DISPATCHER_PASSWORD = 'long-enough', NODE_LISTEN = 'nowhere'}),
+           'listen .*host:port', 'bad address')
+    t:like(err({NODE_DISPATCHER_PASSWORD = 'long-enough', NODE_CONFIG = '/nonexistent.json'}),
+           'cannot read NODE_CONFIG', 'missing file')
+end)
+
+test:test('guest has no rights beyond the defaults', function(t)
+    t:plan(1)
+    -- Tarantool's defaults: the public role, and session,usage to connect.
+    local extra = {}
+    for _, p in ipairs(box.schema.user.info('guest')) do
+        local is_default = (p[2] == 'role' and p[3] == 'public')
+            or (p[2] == 'universe' and p[1] == 'session,usage')
+        if not is_default then
+            table.insert(extra, p[1] .. ' on ' .. p[2] .. ' ' .. tostring(p[3]))
+        end
+    end
+    t:is_deeply(extra, {}, 'guest has no super, no read, write or execute')
+end)
+
+helper.finish(test)

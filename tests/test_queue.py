@@ -1,0 +1,119 @@
+"""The Python queue client against a real node, over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from dispatcher.config import Settings
+from dispatcher.errors import StoreRejected
+from dispatcher.queue import BURIED, DELAYED, DONE, READY, TAKEN, Queue
+from dispatcher.store import Store
+
+
+async def test_put_take_ack(queue: Queue) -> None:
+    tube = queue.tube("ios")
+    task = await tube.put({"token": "t1", "attempt": 0})
+    assert task.status == READY and task.data == {"token": "t1", "attempt": 0}
+    taken = await tube.take(0)
+    assert taken is not None and taken.id == task.id and taken.status == TAKEN
+    done = await tube.ack(task.id)
+    assert done.status == DONE
+    assert (await tube.statistics())["tasks"]["total"] == 0
+
+
+async def test_take_timeout_gives_none(queue: Queue) -> None:
+    assert await queue.tube("android").take(0.05) is None
+    assert await queue.tube("android").take_many(10, 0.05) == []
+
+
+async def test_blocked_take_wakes_on_put_from_another_connection(
+    queue: Queue, settings: Settings
+) -> None:
+    waiter = asyncio.create_task(queue.tube("ios").take(10))
+    await asyncio.sleep(0.1)
+    other = Store(settings.tarantool)
+    await other.connect()
+    try:
+        await Queue(other).tube("ios").put("hello")
+        task = await asyncio.wait_for(waiter, 5)
+    finally:
+        await other.close()
+    assert task is not None and task.data == "hello"
+
+
+async def test_batch_round_trip(queue: Queue) -> None:
+    tube = queue.tube("ios")
+    ids = await tube.put_many([{"n": i} for i in range(1000)], ttl_s=3600)
+    assert len(ids) == 1000 and len(set(ids)) == 1000
+    taken = await tube.take_many(600)
+    assert [t.data["n"] for t in taken] == list(range(600))
+    assert await tube.ack_many([t.id for t in taken[:500]] + [10**9]) == [10**9]
+    # 50 back at once, 50 each with its own delay and new data.
+    items: list[int | tuple[int, float | None, object]] = [t.id for t in taken[500:550]]
+    items += [(t.id, 60, {"n": t.data["n"], "attempt": 1}) for t in taken[550:]]
+    assert await tube.release_many(items) == []
+    stats = (await tube.statistics())["tasks"]
+    assert stats["ready"] == 450 and stats["delayed"] == 50 and stats["taken"] == 0
+    delayed = await tube.peek(taken[-1].id)
+    assert delayed.status == DELAYED and delayed.data == {"n": 599, "attempt": 1}
+
+
+async def test_release_bury_kick_delete_touch(queue: Queue) -> None:
+    tube = queue.tube("android")
+    task = await tube.put("x", ttr_s=30)
+    await tube.take(0)
+    assert (await tube.touch(task.id, 30)).status == TAKEN
+    assert (await tube.release(task.id, delay_s=0.05)).status == DELAYED
+    again = await tube.take(5)
+    assert again is not None and again.id == task.id
+    assert (await tube.bury(task.id)).status == BURIED
+    assert await tube.take(0) is None
+    assert await tube.kick(5) == 1
+    assert (await tube.delete(task.id)).status == DONE
+    with pytest.raises(StoreRejected, match="not found"):
+        await tube.peek(task.id)
+
+
+async def test_a_session_acks_only_its_own_tasks(queue: Queue, settings: Settings) -> None:
+    task = await queue.tube("ios").put("mine")
+    await queue.tube("ios").take(0)
+    other = Store(settings.tarantool)
+    await other.connect()
+    try:
+        with pytest.raises(StoreRejected, match="was not taken by this session"):
+            await Queue(other).tube("ios").ack(task.id)
+    finally:
+        await other.close()
+
+
+async def test_disconnect_returns_taken_tasks(queue: Queue, settings: Settings) -> None:
+    await queue.tube("ios").put_many(["a", "b", "c"])
+    worker = Store(settings.tarantool)
+    await worker.connect()
+    assert len(await Queue(worker).tube("ios").take_many(3)) == 3
+    assert (await queue.tube("ios").statistics())["tasks"]["taken"] == 3
+    await worker.close()
+    for _ in range(100):
+        if (await queue.tube("ios").statistics())["tasks"]["ready"] == 3:
+            break
+        await asyncio.sleep(0.02)
+    assert (await queue.tube("ios").statistics())["tasks"] == {
+        "ready": 3, "taken": 0, "buried": 0, "delayed": 0, "done": 0, "total": 3,
+    }
+
+
+async def test_bad_options_are_rejected_with_the_reason(queue: Queue) -> None:
+    with pytest.raises(StoreRejected, match="ttl must be a non-negative number"):
+        await queue.tube("ios").put("x", ttl_s=-5)
+    with pytest.raises(StoreRejected, match="count must be a positive number"):
+        await queue.tube("ios").take_many(0)
+
+
+async def test_statistics_of_every_tube(queue: Queue) -> None:
+    await queue.tube("fanout").put({"broadcast": "b1", "cursor": None})
+    stats = await queue.statistics()
+    assert set(stats) >= {"ios", "android", "fanout"}
+    assert stats["fanout"]["tasks"]["ready"] == 1
+    assert stats["fanout"]["calls"]["put"] == 1
