@@ -112,7 +112,7 @@ class Subscribers:
         body = await self._store.call("node.subscribers_page", args)
         rows = [Subscriber.from_row(r) for r in body[0]]
         cursor = tuple(body[1]) if len(body) > 1 and body[1] is not None else None
-        return rows, cursor  # type: ignore[return-value]
+        return rows, cursor
 
     async def scan(
         self, audience: Audience | None = None, batch: int = 1000, after: Cursor | None = None

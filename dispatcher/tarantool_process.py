@@ -7,6 +7,7 @@ start Tarantool the same way. Tarantool's log goes to ``<data_dir>/tarantool.log
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -16,6 +17,8 @@ from dispatcher.config import Settings
 from dispatcher.errors import ConfigError, NodeUnavailable
 
 _READY_MARK = b" ready: listening on "
+_LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:")
+_ERROR_LINE = re.compile(r" [EF!]> ")
 
 
 def lua_dir() -> Path:
@@ -91,8 +94,11 @@ class TarantoolProcess:
             return f.read()
 
     def _failure(self, offset: int, what: str) -> str:
-        tail = self._log_since(offset).decode(errors="replace").strip().splitlines()[-8:]
-        return f"Tarantool {what}; end of {self.log_path}:\n  " + "\n  ".join(tail)
+        lines = self._log_since(offset).decode(errors="replace").strip().splitlines()
+        # Error lines, and lines that are no log records (our config errors).
+        errors = [line for line in lines if _ERROR_LINE.search(line) or not _LOG_RECORD.match(line)]
+        shown = errors[-5:] or lines[-8:]
+        return f"Tarantool {what}; from {self.log_path}:\n  " + "\n  ".join(shown)
 
     def _wait_ready(self, offset: int) -> None:
         assert self._proc is not None

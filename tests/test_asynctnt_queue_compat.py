@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import asynctnt
 import asynctnt_queue
-from asynctnt_queue.task import Status
 import pytest
+from asynctnt_queue.task import Status
 
 from dispatcher.config import Settings
 from dispatcher.tarantool_process import TarantoolProcess

@@ -1,0 +1,63 @@
+"""The ``dispatcher`` command as a person runs it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import TEST_PASSWORD, free_port
+
+
+def dispatcher(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "dispatcher", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_run_starts_the_node_prints_how_to_reach_it_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    port = free_port()
+    env = {"DISPATCHER_TARANTOOL__PORT": str(port), "DISPATCHER_TARANTOOL__PASSWORD": TEST_PASSWORD}
+    proc = dispatcher("run", cwd=tmp_path, env=env)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(2)]
+        assert lines[0].startswith("node node1 is up"), lines
+        assert f"127.0.0.1:{port}" in lines[1]
+        assert port_open(port)
+        assert (tmp_path / "data" / "tarantool.log").exists(), "data goes to ./data by default"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+        assert not port_open(port), "Ctrl-C stops the node's Tarantool too"
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_bad_config_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "bad.toml").write_text("[tarantool]\nport = 'x'\n")
+    proc = dispatcher("--config", "bad.toml", "run", cwd=tmp_path)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert err.startswith("dispatcher: invalid settings") and "tarantool.port" in err
+    assert "Traceback" not in err
+
+
+def test_check_config_hides_secrets(tmp_path: Path) -> None:
+    proc = dispatcher("check-config", cwd=tmp_path, env={"DISPATCHER_TARANTOOL__PASSWORD": "hunter2hunter2"})
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert '"port": 3301' in out and "hunter2hunter2" not in out

@@ -1,0 +1,64 @@
+"""Settings: TOML file, environment overrides, and errors that name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dispatcher.config import load_settings
+from dispatcher.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DISPATCHER_CONFIG", "DISPATCHER_TARANTOOL__PORT", "DISPATCHER_NODE__NAME"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "dispatcher.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_run_a_local_node() -> None:
+    s = load_settings()
+    assert s.node.embedded and s.node.name == "node1"
+    assert s.tarantool.address == "127.0.0.1:3301"
+
+
+def test_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, '[node]\nname = "paris-1"\n[tarantool]\nport = 4000\nrequest_timeout_s = 2.5\n')
+    monkeypatch.setenv("DISPATCHER_TARANTOOL__PORT", "4001")
+    s = load_settings(path)
+    assert s.node.name == "paris-1"
+    assert s.tarantool.port == 4001, "the environment wins over the file"
+    assert s.tarantool.request_timeout_s == 2.5, "the rest of the file's section stays"
+
+
+def test_config_file_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISPATCHER_CONFIG", str(write(tmp_path, '[node]\nname = "from-env"\n')))
+    assert load_settings().node.name == "from-env"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[tarantool]\nport = 70000\n", r"tarantool.port: Input should be less than or equal to 65535"),
+        ("[tarantool]\nprot = 3301\n", r"tarantool.prot: Extra inputs are not permitted"),
+        ('[node]\nname = "has space"\n', r"node.name: String should match pattern"),
+        ('[node]\npeers = ["10.0.0.2:3301"]\n', r"replicator_password must be set"),
+        ('[node]\npeers = ["nonsense"]\nreplicator_password = "x"\n', r"peers: 'nonsense' is not host:port"),
+        ('[tarantool]\nhost = "10.0.0.5"\n', r"tarantool.password: the built-in development password"),
+        ("[tarantool\n", r"is not valid TOML"),
+    ],
+)
+def test_errors_name_the_setting(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(write(tmp_path, text))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"config file .*nope.toml does not exist"):
+        load_settings(tmp_path / "nope.toml")

@@ -1,0 +1,50 @@
+"""Subscriber reads and writes through the Python client."""
+
+from __future__ import annotations
+
+import pytest
+
+from dispatcher.errors import StoreRejected
+from dispatcher.subscribers import Audience, Registration, Subscribers
+
+
+async def test_register_update_read_remove(subscribers: Subscribers) -> None:
+    first = await subscribers.put(Registration("tok-a", "u1", "ios", "news", ("sport",), "Europe/Paris", "fr"))
+    assert first.origin == "test" and first.topics == ("sport",)
+    second = await subscribers.put(Registration("tok-a", "u1", "ios", "news", ("sport", "tech")))
+    assert second.updated_us > first.updated_us and second.created == first.created
+    await subscribers.put(Registration("tok-b", "u1", "android", "news"))
+    assert {s.token for s in await subscribers.of_user("u1")} == {"tok-a", "tok-b"}
+    got = await subscribers.get("tok-a")
+    assert got is not None and got.topics == ("sport", "tech") and got.tz == "UTC"
+    assert await subscribers.remove("tok-a") is True
+    assert await subscribers.get("tok-a") is None
+    assert await subscribers.remove("tok-a") is False
+    assert [s.token for s in await subscribers.of_user("u1")] == ["tok-b"]
+
+
+async def test_invalid_registration_is_refused(subscribers: Subscribers) -> None:
+    with pytest.raises(StoreRejected, match="platform must be 'ios' or 'android'"):
+        await subscribers.put(Registration("tok", "u", "blackberry", "news"))  # type: ignore[arg-type]
+    with pytest.raises(StoreRejected, match="token must be a non-empty string"):
+        await subscribers.put(Registration("", "u", "ios", "news"))
+
+
+async def test_scan_pages_through_the_audience_once_in_order(subscribers: Subscribers) -> None:
+    regs = [
+        Registration(f"tok-{i:05d}", f"user-{i % 997:04d}", "ios" if i % 3 else "android", "news",
+                     ("breaking",) if i % 2 else ("sport",))
+        for i in range(5000)
+    ]
+    for start in range(0, len(regs), 1000):
+        assert await subscribers.put_many(regs[start:start + 1000]) == 1000
+    audience = Audience(app="news", platform="ios", topics=("breaking",))
+    pages = [page async for page in subscribers.scan(audience, batch=300)]
+    seen = [s for page in pages for s in page]
+    expected = {r.token for r in regs if r.platform == "ios" and "breaking" in r.topics}
+    assert len(seen) == len(expected) and {s.token for s in seen} == expected
+    assert [s.cursor for s in seen] == sorted(s.cursor for s in seen)
+    assert len(pages) > 1 and all(len(p) <= 300 for p in pages)
+    # Resuming from a cursor continues exactly where a page ended.
+    rest = [s async for page in subscribers.scan(audience, batch=300, after=seen[99].cursor) for s in page]
+    assert rest == seen[100:]
