@@ -98,7 +98,7 @@ end
 
 -- Drops the tube with its tasks; refuses while tasks are in flight.
 function queue.drop_tube(self)
-    if self.space.index.status:count({'t'}) > 0 then
+    if self.taken > 0 then
         error(string.format('queue: tube %s has taken tasks; ack or release them first', self.name), 0)
     end
     self:stop()

@@ -2,6 +2,12 @@
 -- (tarantool/queue's fifottl), and with the utube option one task in flight
 -- per sub-queue (utubettl). Both kinds share one tuple layout so that one
 -- piece of code serves them.
+--
+-- "Taken" lives in memory only. A taken task stays ready on disk; the tube
+-- remembers which session holds it and until when (ttr). A restart or a
+-- lost session must make taken tasks ready again anyway, so writing the
+-- taken state to the WAL would buy nothing and cost a write per take:
+-- here a take writes nothing, and an ack is one delete.
 local fiber = require('fiber')
 local log = require('log')
 local state = require('queue.state')
@@ -10,9 +16,9 @@ local READY, TAKEN, DONE = state.READY, state.TAKEN, state.DONE
 local BURIED, DELAYED = state.BURIED, state.DELAYED
 
 -- Tuple layout: {id, status, next_event, ttl, ttr, pri, created, utube, data}.
--- next_event is the moment the task changes by itself: a delayed task
--- becomes ready, a taken task returns (ttr), a ready or buried one expires
--- (ttl). All times are milliseconds.
+-- status on disk is ready, delayed or buried. next_event is when the task
+-- changes by itself: a delayed task becomes ready, a ready or buried one
+-- expires (ttl). Times are milliseconds.
 local F_ID, F_STATUS, F_NEXT, F_TTL, F_TTR = 1, 2, 3, 4, 5
 local F_PRI, F_CREATED, F_UTUBE, F_DATA = 6, 7, 8, 9
 
@@ -65,6 +71,7 @@ function M.create_space(name, opts)
         },
     })
     space:create_index('task_id', {parts = {F_ID, 'unsigned'}, if_not_exists = true})
+    -- Take order: priority (0 first), then put order.
     space:create_index('status', {
         parts = {{F_STATUS, 'string'}, {F_PRI, 'unsigned'}, {F_ID, 'unsigned'}},
         if_not_exists = true,
@@ -73,15 +80,15 @@ function M.create_space(name, opts)
         parts = {{F_STATUS, 'string'}, {F_NEXT, 'unsigned'}, {F_ID, 'unsigned'}},
         if_not_exists = true,
     })
-    space:create_index('utube', {
-        parts = {{F_STATUS, 'string'}, {F_UTUBE, 'string'}, {F_ID, 'unsigned'}},
-        if_not_exists = true,
-    })
     return space
 end
 
--- A tube object over an existing space. `owners` maps task id to the
--- session that took it; the queue module reads it when a session ends.
+-- A tube object over an existing space.
+--   owners[id]    session holding a taken task
+--   deadlines[id] when a taken task with a finite ttr returns
+--   busy[utube]   tasks of a utube in flight (utubettl)
+--   scan_from     {pri, id}: every ready task before it is taken, so a take
+--                 starts there instead of walking over tasks in flight
 function M.new(name, kind, space, opts)
     local self = setmetatable({
         name = name,
@@ -89,6 +96,11 @@ function M.new(name, kind, space, opts)
         space = space,
         opts = opts,
         owners = {},
+        deadlines = {},
+        busy = {},
+        taken = 0,
+        scan_from = nil,
+        next_deadline = state.NEVER_MS + state.now_ms(),
         takers = fiber.cond(),
         watcher_wakeup = fiber.cond(),
         watcher_due_ms = 0,
@@ -100,44 +112,30 @@ function M.new(name, kind, space, opts)
     end
     local last = space.index.task_id:max()
     self.next_id = last and last[F_ID] + 1 or 0
-    self:_recover()
     self.watcher = fiber.create(self._watch, self)
     return self
 end
 
--- After a restart no session owns anything: taken tasks are ready again.
-function Tube:_recover()
-    local ids = {}
-    for _, t in self.space.index.status:pairs({TAKEN}) do
-        table.insert(ids, t[F_ID])
-    end
-    if #ids == 0 or box.info.ro and not self.space.is_local then
-        return
-    end
-    box.atomic(function()
-        for _, id in ipairs(ids) do
-            local t = self.space:get(id)
-            self.space:update(id, {{'=', F_STATUS, READY}, {'=', F_NEXT, t[F_CREATED] + t[F_TTL]}})
-        end
-    end)
-    log.info('queue: tube %s: %d taken tasks returned to ready after restart', self.name, #ids)
+-- {id, status, data}, the task shape tarantool/queue clients expect.
+local function public(t, status)
+    return t:transform(F_STATUS, F_DATA - F_STATUS, status or t[F_STATUS])
 end
 
-local function public(t)
-    -- {id, status, data}, the task shape tarantool/queue clients expect.
-    return t:transform(F_NEXT, F_DATA - F_NEXT)
-end
-
-local function with_status(t, status)
-    return box.tuple.new({t[F_ID], status, t[F_DATA]})
-end
-
--- The watcher sleeps until the earliest next_event it knows of; a change
--- that brings an event closer wakes it.
+-- The watcher sleeps until the earliest event it knows of; a change that
+-- brings an event closer wakes it.
 function Tube:_wake_watcher_by(due_ms)
     if due_ms < self.watcher_due_ms then
         self.watcher_due_ms = due_ms
         self.watcher_wakeup:signal()
+    end
+end
+
+-- A task is (again) ready to take: the next take must look at it.
+function Tube:_now_ready(t)
+    local from = self.scan_from
+    local pri, id = t[F_PRI], t[F_ID]
+    if from ~= nil and (pri < from[1] or (pri == from[1] and id < from[2])) then
+        self.scan_from = {pri, id}
     end
 end
 
@@ -149,13 +147,65 @@ function Tube:_get(id)
     return t
 end
 
--- A taken task may be acked or released only by the session that took it.
+function Tube:_status(t)
+    if self.owners[t[F_ID]] ~= nil then
+        return TAKEN
+    end
+    return t[F_STATUS]
+end
+
+-- The task if this session holds it, else nil.
+function Tube:_held(id)
+    if self.owners[id] ~= box.session.id() then
+        return nil
+    end
+    return self.space:get(id)
+end
+
 function Tube:_taken_by_me(id)
-    local t = self:_get(id)
-    if t[F_STATUS] ~= TAKEN or self.owners[id] ~= box.session.id() then
+    local t = self:_held(id)
+    if t == nil then
+        self:_get(id)
         fail('task %s was not taken by this session', tostring(id))
     end
     return t
+end
+
+function Tube:_hold(t, session, now)
+    local id = t[F_ID]
+    self.owners[id] = session
+    self.taken = self.taken + 1
+    if t[F_TTR] < state.NEVER_MS then
+        local due = now + t[F_TTR]
+        self.deadlines[id] = due
+        if due < self.next_deadline then
+            self.next_deadline = due
+            self:_wake_watcher_by(due)
+        end
+    end
+    if self.kind == 'utubettl' then
+        local u = t[F_UTUBE]
+        self.busy[u] = (self.busy[u] or 0) + 1
+    end
+end
+
+-- Forgets that the task is taken. Returns whether it was.
+function Tube:_unhold(t)
+    local id = t[F_ID]
+    if self.owners[id] == nil then
+        return false
+    end
+    self.owners[id] = nil
+    self.deadlines[id] = nil
+    self.taken = self.taken - 1
+    if self.kind == 'utubettl' then
+        local u = t[F_UTUBE]
+        self.busy[u] = self.busy[u] - 1
+        if self.busy[u] == 0 then
+            self.busy[u] = nil
+        end
+    end
+    return true
 end
 
 function Tube:_options(opts)
@@ -177,7 +227,7 @@ function Tube:_options(opts)
     if self.kind == 'utubettl' and opts.utube ~= nil then
         utube = tostring(opts.utube)
     end
-    return {ttl = ttl, ttr = ttr, delay = delay, pri = pri, utube = utube}
+    return {ttl = ttl, ttr = math.min(ttr, ttl), delay = delay, pri = pri, utube = utube}
 end
 
 function Tube:_insert(data, o, now)
@@ -190,12 +240,15 @@ function Tube:_insert(data, o, now)
     local id = self.next_id
     self.next_id = id + 1
     self.calls.put = self.calls.put + 1
-    return self.space:insert({id, status, next_event, ttl, o.ttr, o.pri, now, o.utube, data})
+    local t = self.space:insert({id, status, next_event, ttl, o.ttr, o.pri, now, o.utube, data})
+    if status == READY then
+        self:_now_ready(t)
+    end
+    return t
 end
 
 function Tube:put(data, opts)
-    local now = state.now_ms()
-    local t = self:_insert(data, self:_options(opts), now)
+    local t = self:_insert(data, self:_options(opts), state.now_ms())
     if t[F_STATUS] == READY then
         self.takers:signal()
     end
@@ -224,51 +277,41 @@ function Tube:put_many(items, opts)
     return ids
 end
 
--- Picks up to n ready tasks in priority order; for utubettl, skips a utube
--- that already has a task in flight (or one picked earlier in this batch).
-function Tube:_ready_candidates(n)
+-- Up to n ready tasks nobody holds, in take order; for utubettl, only the
+-- first task of a utube with nothing in flight. Moves scan_from past the
+-- run of held tasks at the front.
+function Tube:_pick(n)
     local picked = {}
-    local busy = {}
-    local utube_index = self.space.index.utube
-    for _, t in self.space.index.status:pairs({READY}) do
-        if self.kind == 'utubettl' then
+    local picked_utubes = {}
+    local from = self.scan_from
+    local key = from and {READY, from[1], from[2]} or {READY}
+    local front = true
+    for _, t in self.space.index.status:pairs(key, {iterator = 'GE'}) do
+        if t[F_STATUS] ~= READY then
+            break
+        end
+        local held = self.owners[t[F_ID]] ~= nil
+        local ok = not held
+        if ok and self.kind == 'utubettl' then
             local u = t[F_UTUBE]
-            if busy[u] == nil then
-                busy[u] = utube_index:min({TAKEN, u}) ~= nil
-                if not busy[u] then
-                    table.insert(picked, t)
-                    busy[u] = true
-                end
-            end
-        else
+            ok = self.busy[u] == nil and picked_utubes[u] == nil
+            picked_utubes[u] = true
+        end
+        if ok then
             table.insert(picked, t)
+        end
+        if front then
+            if held or ok then
+                self.scan_from = {t[F_PRI], t[F_ID] + 1}
+            else
+                front = false
+            end
         end
         if #picked >= n then
             break
         end
     end
     return picked
-end
-
-function Tube:_take_now(n, session)
-    local picked = self:_ready_candidates(n)
-    if #picked == 0 then
-        return picked
-    end
-    local now = state.now_ms()
-    local out = table.new(#picked, 0)
-    local earliest = state.NEVER_MS + now
-    box.atomic(function()
-        for i, t in ipairs(picked) do
-            local due = now + t[F_TTR]
-            out[i] = public(self.space:update(t[F_ID], {{'=', F_STATUS, TAKEN}, {'=', F_NEXT, due}}))
-            self.owners[t[F_ID]] = session
-            earliest = math.min(earliest, due)
-        end
-    end)
-    self.calls.take = self.calls.take + #out
-    self:_wake_watcher_by(earliest)
-    return out
 end
 
 -- Takes up to n tasks, waiting up to `timeout` seconds for the first one.
@@ -285,18 +328,25 @@ function Tube:take_many(n, timeout)
     local session = box.session.id()
     local deadline = fiber.clock() + wait_s
     while true do
-        local out = self:_take_now(n, session)
-        if #out > 0 then
+        local picked = self:_pick(n)
+        if #picked > 0 then
             if not box.session.exists(session) then
-                -- The client left while we waited: give the tasks back.
-                self:release_session(session)
+                -- The client left while we waited: leave the tasks ready.
+                self.scan_from = nil
                 return {}
             end
+            local now = state.now_ms()
+            local out = table.new(#picked, 0)
+            for i, t in ipairs(picked) do
+                self:_hold(t, session, now)
+                out[i] = public(t, TAKEN)
+            end
+            self.calls.take = self.calls.take + #out
             return out
         end
         local left = deadline - fiber.clock()
         if left <= 0 then
-            return out
+            return picked
         end
         self.takers:wait(left)
     end
@@ -310,17 +360,21 @@ function Tube:take(timeout)
     end
 end
 
+-- Deletes a task this session holds; returns it, or nil if not held.
 function Tube:_ack(id)
-    local t = self:_taken_by_me(id)
-    self.space:delete(id)
-    self.owners[id] = nil
+    if self.owners[id] ~= box.session.id() then
+        return nil
+    end
+    local t = self.space:delete(id)
+    self:_unhold(t)
     self.calls.ack = self.calls.ack + 1
     self.done = self.done + 1
     return t
 end
 
 function Tube:ack(id)
-    return with_status(self:_ack(id), DONE)
+    local t = self:_ack(id) or self:_taken_by_me(id)
+    return public(t, DONE)
 end
 
 -- Acks every task of `ids` that this session holds in one transaction.
@@ -332,9 +386,7 @@ function Tube:ack_many(ids)
     local acked = 0
     box.atomic(function()
         for _, id in ipairs(ids) do
-            local t = self.space:get(id)
-            if t ~= nil and t[F_STATUS] == TAKEN and self.owners[id] == box.session.id() then
-                self:_ack(id)
+            if self:_ack(id) ~= nil then
                 acked = acked + 1
             else
                 table.insert(skipped, id)
@@ -345,25 +397,28 @@ function Tube:ack_many(ids)
 end
 
 -- Back to ready (or delayed). opts.data, an extension, replaces the task's
--- data, so a worker can keep an attempt count with the task.
+-- data, so a worker can keep an attempt count with the task. A release
+-- with neither writes nothing: the task is ready on disk already.
 function Tube:_release(t, opts)
     local o = opts or {}
     local delay = state.seconds_to_ms(o.delay, 'delay') or 0
-    local ops
+    self:_unhold(t)
+    self.calls.release = self.calls.release + 1
+    local ops = {}
     if delay > 0 then
-        ops = {{'=', F_STATUS, DELAYED}, {'=', F_NEXT, state.now_ms() + delay},
-               {'+', F_TTL, delay}}
-    else
-        ops = {{'=', F_STATUS, READY}, {'=', F_NEXT, t[F_CREATED] + t[F_TTL]}}
+        ops = {{'=', F_STATUS, DELAYED}, {'=', F_NEXT, state.now_ms() + delay}, {'+', F_TTL, delay}}
     end
     if o.data ~= nil then
         table.insert(ops, {'=', F_DATA, o.data})
     end
-    self.owners[t[F_ID]] = nil
-    self.calls.release = self.calls.release + 1
-    local new = self.space:update(t[F_ID], ops)
-    self:_wake_watcher_by(new[F_NEXT])
-    return new
+    if #ops > 0 then
+        t = self.space:update(t[F_ID], ops)
+    end
+    if t[F_STATUS] == READY then
+        self:_now_ready(t)
+    end
+    self:_wake_watcher_by(t[F_NEXT])
+    return t
 end
 
 function Tube:release(id, opts)
@@ -385,8 +440,8 @@ function Tube:release_many(items, opts)
             if type(item) == 'table' then
                 id, o = item[1], item[2] or opts
             end
-            local t = self.space:get(id)
-            if t ~= nil and t[F_STATUS] == TAKEN and self.owners[id] == box.session.id() then
+            local t = self:_held(id)
+            if t ~= nil then
                 self:_release(t, o)
                 released = released + 1
             else
@@ -400,36 +455,33 @@ function Tube:release_many(items, opts)
     return released, skipped
 end
 
--- Returns every task the session holds to ready: the session is gone.
+-- Every task the session holds is ready again: the session is gone.
 function Tube:release_session(session)
-    local ids = {}
+    local n = 0
     for id, owner in pairs(self.owners) do
         if owner == session then
-            table.insert(ids, id)
-        end
-    end
-    if #ids == 0 then
-        return
-    end
-    box.atomic(function()
-        for _, id in ipairs(ids) do
             local t = self.space:get(id)
-            if t ~= nil and t[F_STATUS] == TAKEN then
-                self:_release(t)
+            if t ~= nil then
+                self:_unhold(t)
+                self:_now_ready(t)
+                self:_wake_watcher_by(t[F_NEXT])
+                n = n + 1
             end
-            self.owners[id] = nil
         end
-    end)
-    self.takers:broadcast()
+    end
+    if n > 0 then
+        self.takers:broadcast()
+    end
 end
 
 function Tube:peek(id)
-    return public(self:_get(id))
+    local t = self:_get(id)
+    return public(t, self:_status(t))
 end
 
 function Tube:bury(id)
     local t = self:_get(id)
-    self.owners[id] = nil
+    self:_unhold(t)
     self.calls.bury = self.calls.bury + 1
     t = self.space:update(id, {{'=', F_STATUS, BURIED}, {'=', F_NEXT, t[F_CREATED] + t[F_TTL]}})
     self:_wake_watcher_by(t[F_NEXT])
@@ -439,31 +491,31 @@ end
 -- Moves up to `count` buried tasks back to ready; returns how many moved.
 function Tube:kick(count)
     count = count or 1
-    local ids = {}
+    local buried = {}
     for _, t in self.space.index.status:pairs({BURIED}) do
-        if #ids >= count then
+        if #buried >= count then
             break
         end
-        table.insert(ids, t[F_ID])
+        table.insert(buried, t)
     end
     box.atomic(function()
-        for _, id in ipairs(ids) do
-            self.space:update(id, {{'=', F_STATUS, READY}})
+        for _, t in ipairs(buried) do
+            self:_now_ready(self.space:update(t[F_ID], {{'=', F_STATUS, READY}}))
         end
     end)
-    self.calls.kick = self.calls.kick + #ids
-    if #ids > 0 then
+    self.calls.kick = self.calls.kick + #buried
+    if #buried > 0 then
         self.takers:broadcast()
     end
-    return #ids
+    return #buried
 end
 
 function Tube:delete(id)
     local t = self:_get(id)
+    self:_unhold(t)
     self.space:delete(id)
-    self.owners[id] = nil
     self.calls.delete = self.calls.delete + 1
-    return with_status(t, DONE)
+    return public(t, DONE)
 end
 
 -- Gives a taken task `delta` more seconds to run (and to live).
@@ -473,15 +525,19 @@ function Tube:touch(id, delta)
         fail('touch: increment must be a positive number of seconds')
     end
     local t = self:_taken_by_me(id)
+    if self.deadlines[id] ~= nil then
+        self.deadlines[id] = self.deadlines[id] + delta_ms
+    end
     t = self.space:update(id, {{'+', F_NEXT, delta_ms}, {'+', F_TTL, delta_ms},
                                {'+', F_TTR, delta_ms}})
     self.calls.touch = self.calls.touch + 1
-    return public(t)
+    return public(t, TAKEN)
 end
 
 function Tube:truncate()
     self.space:truncate()
-    self.owners = {}
+    self.owners, self.deadlines, self.busy = {}, {}, {}
+    self.taken, self.scan_from = 0, nil
 end
 
 function Tube:stop()
@@ -493,8 +549,8 @@ end
 function Tube:statistics()
     local index = self.space.index.status
     local tasks = {
-        ready = index:count({READY}),
-        taken = index:count({TAKEN}),
+        ready = index:count({READY}) - self.taken,
+        taken = self.taken,
         buried = index:count({BURIED}),
         delayed = index:count({DELAYED}),
         done = self.done,
@@ -507,46 +563,67 @@ function Tube:statistics()
     return {tasks = tasks, calls = calls}
 end
 
--- Due tasks of one status, at most WATCH_BATCH of them, and the next
--- event after those.
+-- Due tasks of one status on disk, at most WATCH_BATCH of them, and the
+-- next event after those. Ready tasks in flight do not expire.
 function Tube:_due(status, now)
     local due = {}
-    local next_event = nil
     for _, t in self.space.index.watch:pairs({status}, {iterator = 'GE'}) do
         if t[F_STATUS] ~= status then
             break
         end
         if t[F_NEXT] > now or #due >= WATCH_BATCH then
-            next_event = t[F_NEXT]
-            break
+            return due, t[F_NEXT]
         end
-        table.insert(due, t)
+        if self.owners[t[F_ID]] == nil then
+            table.insert(due, t)
+        end
     end
-    return due, next_event
+    return due, nil
 end
 
--- One pass: delayed tasks become ready, taken ones past their ttr return,
--- ready and buried ones past their ttl are deleted. Returns the next event.
+-- Taken tasks past their ttr are ready again.
+function Tube:_return_overdue(now)
+    if now < self.next_deadline then
+        return false
+    end
+    local next_deadline = state.NEVER_MS + now
+    local overdue = {}
+    for id, due in pairs(self.deadlines) do
+        if due <= now then
+            table.insert(overdue, id)
+        elseif due < next_deadline then
+            next_deadline = due
+        end
+    end
+    for _, id in ipairs(overdue) do
+        local t = self.space:get(id)
+        if t ~= nil and self:_unhold(t) then
+            self:_now_ready(t)
+            self.calls.ttr = self.calls.ttr + 1
+        end
+    end
+    self.next_deadline = next_deadline
+    return #overdue > 0
+end
+
+-- One pass: delayed tasks become ready, overdue taken ones return, ready
+-- and buried ones past their ttl are deleted. Returns the next event.
 function Tube:_watch_once()
     local now = state.now_ms()
-    local earliest = now + WATCH_IDLE_S * 1000
-    local woke = false
-    for _, status in ipairs({DELAYED, TAKEN, READY, BURIED}) do
+    local earliest = math.min(now + WATCH_IDLE_S * 1000, self.next_deadline)
+    local woke = self:_return_overdue(now)
+    earliest = math.min(earliest, self.next_deadline)
+    for _, status in ipairs({DELAYED, READY, BURIED}) do
         local due, next_event = self:_due(status, now)
         if #due > 0 then
             box.atomic(function()
                 for _, t in ipairs(due) do
-                    local id = t[F_ID]
-                    if status == DELAYED or status == TAKEN then
-                        self.space:update(id, {{'=', F_STATUS, READY},
-                                               {'=', F_NEXT, t[F_CREATED] + t[F_TTL]}})
-                        if status == TAKEN then
-                            self.owners[id] = nil
-                            self.calls.ttr = self.calls.ttr + 1
-                        end
+                    if status == DELAYED then
+                        self:_now_ready(self.space:update(t[F_ID], {
+                            {'=', F_STATUS, READY}, {'=', F_NEXT, t[F_CREATED] + t[F_TTL]}}))
                         woke = true
                     else
-                        self.space:delete(id)
+                        self.space:delete(t[F_ID])
                         self.calls.ttl = self.calls.ttl + 1
                     end
                 end
