@@ -9,6 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
+import uvloop
+
 from dispatcher.config import Settings, load_settings
 from dispatcher.errors import ConfigError, DispatcherError
 from dispatcher.store import Store
@@ -29,21 +31,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _wait_for_signal() -> None:
+def _stop_on_signals() -> asyncio.Event:
+    """SIGINT and SIGTERM set the returned event from now on, so a Ctrl-C at
+    any moment, even during start-up, leads to an orderly stop."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
 
 
 async def _run(settings: Settings) -> None:
+    stop = _stop_on_signals()
     tarantool = TarantoolProcess(settings) if settings.node.embedded else None
-    if tarantool is not None:
-        log.info("starting Tarantool for node %s in %s", settings.node.name, settings.node.data_dir)
-        await asyncio.to_thread(tarantool.start)
     store = Store(settings.tarantool)
     try:
+        if tarantool is not None:
+            log.info("starting Tarantool for node %s in %s", settings.node.name, settings.node.data_dir)
+            await asyncio.to_thread(tarantool.start)
+        if stop.is_set():
+            return
         info = await store.connect()
         admin = settings.node.data_dir.resolve() / "admin.sock"
         print(
@@ -54,7 +61,7 @@ async def _run(settings: Settings) -> None:
             + "  Ctrl-C stops it.",
             flush=True,
         )
-        await _wait_for_signal()
+        await stop.wait()
     finally:
         await store.close()
         if tarantool is not None:
@@ -70,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check-config":
             print(settings.model_dump_json(indent=2))
             return 0
-        asyncio.run(_run(settings))
+        uvloop.run(_run(settings))
         return 0
     except ConfigError as e:
         print(f"dispatcher: {e}", file=sys.stderr)
