@@ -71,6 +71,66 @@ class NodeSettings(BaseModel):
         return self
 
 
+class ApnsSettings(BaseModel):
+    """APNs: token auth (the .p8 key file, key id, team id) or certificate
+    auth (a PEM with certificate and key), and where to send."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key_path: Path | None = None
+    key_id: str | None = Field(None, pattern=r"^[A-Z0-9]{10}$")
+    team_id: str | None = Field(None, pattern=r"^[A-Z0-9]{10}$")
+    cert_path: Path | None = None
+    # The app's bundle id; required with token auth.
+    topic: str | None = None
+    # "production", "sandbox", or host:port (a fake, a proxy).
+    endpoint: str = Field("production", pattern=r"^(production|sandbox|[^\s:]+:\d{1,5})$")
+    # CA file to trust instead of the system's (for a fake).
+    ca_path: Path | None = None
+    connections: int = Field(4, ge=1, le=100)
+    in_flight: int = Field(1000, ge=1)
+    request_timeout_s: float = Field(10.0, gt=0)
+    # Close a connection idle this long (Apple frowns on frequent reconnects).
+    idle_timeout_s: float = Field(600.0, gt=0)
+    # Provider tokens are minted on boundaries of this period, the same on
+    # every node; Apple wants 20 to 60 minutes.
+    token_refresh_s: int = Field(50 * 60, ge=1, le=3600)
+    # Apple: BadDeviceToken and DeviceTokenNotForTopic can also mean the
+    # wrong environment or topic; False keeps such devices.
+    bad_token_removes: bool = True
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> ApnsSettings:
+        token_auth = (self.key_path, self.key_id, self.team_id)
+        if self.cert_path is not None and any(v is not None for v in token_auth):
+            raise ValueError("apns: set either cert_path or key_path/key_id/team_id, not both")
+        if self.cert_path is None and None in token_auth:
+            raise ValueError("apns: token auth needs key_path, key_id and team_id (or set cert_path)")
+        if self.cert_path is None and not self.topic:
+            raise ValueError("apns.topic (the app's bundle id) is required with token auth")
+        return self
+
+
+class FcmSettings(BaseModel):
+    """FCM HTTP v1: a service-account file, and where to send."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    service_account_path: Path
+    # Defaults to the service account's project_id.
+    project_id: str | None = None
+    endpoint: str = Field("https://fcm.googleapis.com", pattern=r"^https?://[^\s/]+$")
+    # Overrides the service account's token_uri.
+    token_uri: str | None = None
+    ca_path: Path | None = None
+    connections: int = Field(2, ge=1, le=100)
+    in_flight: int = Field(1000, ge=1)
+    request_timeout_s: float = Field(10.0, gt=0)
+    # Refresh the OAuth token this long before it expires (at most a
+    # quarter of its lifetime).
+    token_refresh_margin_s: float = Field(300.0, ge=0)
+
+
 class Settings(BaseSettings):
     """All settings. Build with :func:`load_settings`."""
 
@@ -80,6 +140,9 @@ class Settings(BaseSettings):
 
     node: NodeSettings = Field(default_factory=NodeSettings)
     tarantool: TarantoolSettings = Field(default_factory=TarantoolSettings)
+    # Unset: the node sends to the fake gateways it starts itself.
+    apns: ApnsSettings | None = None
+    fcm: FcmSettings | None = None
 
     @classmethod
     def settings_customise_sources(

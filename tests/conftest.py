@@ -6,11 +6,13 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
-from dispatcher.config import NodeSettings, Settings, TarantoolSettings
+from dispatcher.config import ApnsSettings, FcmSettings, NodeSettings, Settings, TarantoolSettings
+from dispatcher.fakes.gateways import FakeGateways
 from dispatcher.queue import Queue
 from dispatcher.store import Store
 from dispatcher.subscribers import Subscribers
@@ -71,3 +73,39 @@ def queue(store: Store) -> Queue:
 @pytest.fixture
 def subscribers(store: Store) -> Subscribers:
     return Subscribers(store)
+
+
+# --- fake gateways and senders ---
+
+@pytest.fixture
+async def gateways(tmp_path: Path) -> AsyncIterator[FakeGateways]:
+    fakes = FakeGateways(tmp_path / "fakes")
+    await fakes.start()
+    try:
+        yield fakes
+    finally:
+        await fakes.stop()
+
+
+def apns_settings_for(fakes: FakeGateways, **overrides: Any) -> ApnsSettings:
+    c = fakes.credentials
+    return ApnsSettings(
+        key_path=c.apns_key_path, key_id=c.apns_key_id, team_id=c.apns_team_id, topic="com.example.news",
+        endpoint=f"127.0.0.1:{fakes.ports['apns']}", ca_path=c.ca_path, request_timeout_s=5, **overrides,
+    )
+
+
+def fcm_settings_for(fakes: FakeGateways, **overrides: Any) -> FcmSettings:
+    c = fakes.credentials
+    return FcmSettings(
+        service_account_path=c.fcm_service_account_path, endpoint=f"https://127.0.0.1:{fakes.ports['fcm']}",
+        ca_path=c.ca_path, request_timeout_s=5, **overrides,
+    )
+
+
+def apns_token(n: int) -> str:
+    return f"{n:064x}"
+
+
+def fcm_token(n: int) -> str:
+    return f"fcm-token-{n:08d}:" + "A" * 120

@@ -1,0 +1,184 @@
+"""APNs sender on aioapns 4, with its known weaknesses covered.
+
+- aioapns has no request timeout: every send runs under ``request_timeout_s``,
+  and a timed-out request is forgotten by its connection.
+- aioapns never acknowledges DATA it receives, so after about 64 KiB of error
+  bodies (a broadcast with many dead tokens) the connection's window is gone
+  and it stalls: our protocol acknowledges each body.
+- aioapns keeps the stream-to-request map of every successful push forever:
+  ours drops it when the stream ends.
+- aioapns mints a provider token per connection at random moments; ours share
+  one, minted on period boundaries (``token_refresh_s``) so every connection
+  and every node presents the same ``iat`` (no TooManyProviderTokenUpdates).
+- After GOAWAY aioapns resends in-flight requests on another connection, so
+  a push can arrive twice; the tests measure it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from functools import partial
+from typing import Any
+
+import jwt
+from aioapns.common import NotificationRequest, NotificationResult, PushType
+from aioapns.connection import (
+    APNsCertConnectionPool,
+    APNsKeyConnectionPool,
+    APNsTLSClientProtocol,
+    AuthorizationHeaderProvider,
+)
+from aioapns.exceptions import ConnectionClosed, MaxAttemptsExceeded
+from aioapns.exceptions import ConnectionError as ApnsConnectionError
+
+from dispatcher.config import ApnsSettings
+from dispatcher.errors import ConfigError
+from dispatcher.push import Outcome, Push, no_answer
+from dispatcher.verdicts import apns_outcome
+
+log = logging.getLogger(__name__)
+
+ENDPOINTS = {
+    "production": ("api.push.apple.com", 443),
+    "sandbox": ("api.development.push.apple.com", 443),
+}
+
+
+class SharedProviderToken(AuthorizationHeaderProvider):
+    """One provider token for all connections. ``iat`` is the start of the
+    current ``refresh_s`` period, so nodes that share the key mint tokens with
+    the same ``iat``; a forced refresh (after ExpiredProviderToken) uses now."""
+
+    def __init__(self, key: str, key_id: str, team_id: str, refresh_s: int) -> None:
+        self._key, self._key_id, self._team_id = key, key_id, team_id
+        self._refresh_s = refresh_s
+        self._iat = 0
+        self._header = ""
+        self.minted = 0
+
+    def get_header(self) -> str:
+        now = int(time.time())
+        iat = now - now % self._refresh_s
+        if iat > self._iat:
+            self._mint(iat)
+        return self._header
+
+    def force_refresh(self) -> None:
+        self._mint(int(time.time()))
+
+    def _mint(self, iat: int) -> None:
+        token = jwt.encode({"iss": self._team_id, "iat": iat}, self._key, algorithm="ES256",
+                           headers={"kid": self._key_id})
+        self._iat, self._header = iat, f"bearer {token}"
+        self.minted += 1
+
+
+class _Protocol(APNsTLSClientProtocol):
+    """aioapns' protocol with the fixes above; APNS_SERVER, APNS_PORT and
+    INACTIVITY_TIME are set per sender on a subclass."""
+
+    def on_data_received(self, data: bytes, stream_id: int) -> None:
+        # Give the window back, or the connection stalls after ~64 KiB.
+        self.conn.acknowledge_received_data(len(data), stream_id)
+        super().on_data_received(data, stream_id)
+
+    def on_stream_ended(self, stream_id: int) -> None:
+        self.request_streams.pop(stream_id, None)
+        super().on_stream_ended(stream_id)
+
+    async def send_notification(self, request: NotificationRequest) -> NotificationResult:
+        try:
+            return await super().send_notification(request)
+        except asyncio.CancelledError:
+            self.requests.pop(request.notification_id, None)
+            raise
+
+
+class _KeyPool(APNsKeyConnectionPool):
+    """aioapns' token-auth pool, with the shared provider token."""
+
+    def __init__(self, provider: SharedProviderToken, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.provider = provider
+
+    async def create_connection(self) -> APNsTLSClientProtocol:
+        factory = partial(self.protocol_class, self.apns_topic, self.loop, self.discard_connection, self.provider)
+        connection: APNsTLSClientProtocol = await self._create_connection(factory)
+        return connection
+
+
+class ApnsSender:
+    def __init__(self, settings: ApnsSettings) -> None:
+        self.settings = settings
+        host, port = _endpoint(settings.endpoint)
+        protocol = type("ApnsProtocol", (_Protocol,), {
+            "APNS_SERVER": host, "APNS_PORT": port, "INACTIVITY_TIME": settings.idle_timeout_s,
+        })
+        tls = ssl.create_default_context(cafile=str(settings.ca_path) if settings.ca_path else None)
+        self.provider: SharedProviderToken | None = None
+        common = {"topic": settings.topic, "max_connections": settings.connections,
+                  "max_connection_attempts": 3, "ssl_context": tls}
+        self.pool: APNsKeyConnectionPool | APNsCertConnectionPool
+        if settings.cert_path is not None:
+            try:
+                self.pool = APNsCertConnectionPool(cert_file=str(settings.cert_path), **common)
+            except (OSError, ssl.SSLError) as e:
+                raise ConfigError(f"apns.cert_path: cannot load {settings.cert_path}: {e}") from None
+        else:
+            assert settings.key_path and settings.key_id and settings.team_id
+            try:
+                key = settings.key_path.read_text()
+            except OSError as e:
+                raise ConfigError(f"apns.key_path: cannot read {settings.key_path}: {e.strerror}") from None
+            self.provider = SharedProviderToken(key, settings.key_id, settings.team_id, settings.token_refresh_s)
+            try:
+                self.provider.get_header()
+            except (ValueError, jwt.PyJWTError) as e:
+                raise ConfigError(f"apns.key_path: {settings.key_path} is not an ES256 .p8 key: {e}") from None
+            self.pool = _KeyPool(self.provider, key=key, key_id=settings.key_id, team_id=settings.team_id,
+                                 **common)
+        self.pool.protocol_class = protocol
+        self._slots = asyncio.Semaphore(settings.in_flight)
+
+    async def send(self, push: Push) -> Outcome:
+        """Sends one push and says what became of it. Never raises for a
+        gateway's answer or a network fault: those are outcomes."""
+        async with self._slots:
+            outcome = await self._send_once(push)
+            if outcome.reason == "ExpiredProviderToken" and self.provider is not None:
+                self.provider.force_refresh()
+                outcome = await self._send_once(push)
+            return outcome
+
+    async def _send_once(self, push: Push) -> Outcome:
+        request = NotificationRequest(
+            device_token=push.token,
+            message=dict(push.payload),
+            notification_id=push.push_id,
+            time_to_live=push.ttl_s,
+            priority=10 if push.priority == "high" else 5,
+            collapse_key=push.collapse_key,
+            push_type=PushType(push.push_type),
+            apns_topic=push.topic,
+        )
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                result = await self.pool.send_notification(request)
+        except TimeoutError:
+            return no_answer("timeout")
+        except (ConnectionClosed, ApnsConnectionError, MaxAttemptsExceeded, OSError) as e:
+            return no_answer(f"connection: {type(e).__name__}")
+        return apns_outcome(int(result.status), result.description or "", None, self.settings.bad_token_removes)
+
+    async def close(self) -> None:
+        self.pool.close()
+
+
+def _endpoint(endpoint: str) -> tuple[str, int]:
+    if endpoint in ENDPOINTS:
+        return ENDPOINTS[endpoint]
+    host, _, port = endpoint.rpartition(":")
+    return host, int(port)

@@ -1,0 +1,96 @@
+"""Key material for the fakes: a CA and a server certificate, an APNs signing
+key (.p8) with its key id and team id, and an FCM service-account file whose
+token_uri points at the fake OAuth endpoint. Written into one directory so
+that a sender can be configured from the paths alone."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import trustme
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+_ID_CHARS = string.ascii_uppercase + string.digits
+
+
+def _ten_chars() -> str:
+    return "".join(secrets.choice(_ID_CHARS) for _ in range(10))
+
+
+@dataclass(frozen=True)
+class FakeCredentials:
+    directory: Path
+    ca_path: Path
+    server_cert_path: Path  # certificate chain and private key, PEM
+    apns_key_path: Path
+    apns_key_id: str
+    apns_team_id: str
+    fcm_service_account_path: Path
+    fcm_project_id: str
+
+    @property
+    def apns_key_pem(self) -> str:
+        return self.apns_key_path.read_text()
+
+    def apns_public_key(self) -> ec.EllipticCurvePublicKey:
+        key = serialization.load_pem_private_key(self.apns_key_path.read_bytes(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return key.public_key()
+
+    def fcm_service_account(self) -> dict[str, str]:
+        account: dict[str, str] = json.loads(self.fcm_service_account_path.read_text())
+        return account
+
+    def set_token_uri(self, token_uri: str) -> None:
+        """Points the service account at the fake OAuth endpoint (known only
+        once that server listens)."""
+        account = self.fcm_service_account()
+        account["token_uri"] = token_uri
+        self.fcm_service_account_path.write_text(json.dumps(account, indent=2))
+
+    def fcm_public_key(self) -> rsa.RSAPublicKey:
+        pem = self.fcm_service_account()["private_key"].encode()
+        key = serialization.load_pem_private_key(pem, password=None)
+        assert isinstance(key, rsa.RSAPrivateKey)
+        return key.public_key()
+
+
+def make_credentials(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> FakeCredentials:
+    """Creates fresh key material under ``directory`` (made if missing)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    ca_path = directory / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    server = ca.issue_cert(*hosts)
+    server_cert_path = directory / "server.pem"
+    server.private_key_and_cert_chain_pem.write_to_path(str(server_cert_path))
+
+    apns_key = ec.generate_private_key(ec.SECP256R1())
+    key_id, team_id = _ten_chars(), _ten_chars()
+    apns_key_path = directory / f"AuthKey_{key_id}.p8"
+    apns_key_path.write_bytes(
+        apns_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption())
+    )
+
+    project_id = "fake-project"
+    fcm_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    account = {
+        "type": "service_account",
+        "project_id": project_id,
+        "private_key_id": secrets.token_hex(20),
+        "private_key": fcm_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()).decode(),
+        "client_email": f"dispatcher@{project_id}.iam.gserviceaccount.com",
+        "client_id": str(secrets.randbelow(10**20)),
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+    account_path = directory / "fcm-service-account.json"
+    account_path.write_text(json.dumps(account, indent=2))
+    return FakeCredentials(directory, ca_path, server_cert_path, apns_key_path, key_id, team_id,
+                           account_path, project_id)

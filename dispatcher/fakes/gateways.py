@@ -1,0 +1,101 @@
+"""Both fakes together, as tests, the demo and ``dispatcher fake-gateways``
+run them: fake APNs, fake FCM, FCM's OAuth endpoint, and a plain-HTTP stats
+endpoint (``GET /stats``, ``POST /faults/{apns,fcm}``, ``POST /reset``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from dispatcher.fakes.apns import FakeApns
+from dispatcher.fakes.credentials import FakeCredentials, make_credentials
+from dispatcher.fakes.faults import Faults
+from dispatcher.fakes.fcm import FakeFcm
+from dispatcher.fakes.h2server import server_tls
+
+
+class FakeGateways:
+    def __init__(self, directory: Path, *, host: str = "127.0.0.1", apns_faults: Faults | None = None,
+                 fcm_faults: Faults | None = None, ports: dict[str, int] | None = None) -> None:
+        self.directory = directory
+        self.host = host
+        self.ports = {"apns": 0, "fcm": 0, "oauth": 0, "stats": 0, **(ports or {})}
+        self.credentials: FakeCredentials = make_credentials(directory, hosts=(host, "localhost"))
+        self.apns = FakeApns(self.credentials, apns_faults)
+        self.fcm = FakeFcm(self.credentials, fcm_faults)
+        self._runners: list[web.AppRunner] = []
+
+    async def start(self) -> None:
+        self.ports["apns"] = await self.apns.server.start(self.host, self.ports["apns"])
+        self.ports["fcm"] = await self.fcm.server.start(self.host, self.ports["fcm"])
+        oauth = web.Application()
+        oauth.router.add_post("/token", self.fcm.oauth_token)
+        tls = server_tls(str(self.credentials.server_cert_path), alpn=["http/1.1"])
+        self.ports["oauth"] = await self._serve(oauth, self.ports["oauth"], tls)
+        self.fcm.token_uri = f"https://{self.host}:{self.ports['oauth']}/token"
+        self.credentials.set_token_uri(self.fcm.token_uri)
+        stats = web.Application()
+        stats.router.add_get("/stats", self._stats)
+        stats.router.add_post("/faults/{gateway}", self._set_faults)
+        stats.router.add_post("/reset", self._reset)
+        self.ports["stats"] = await self._serve(stats, self.ports["stats"], None)
+
+    async def _serve(self, app: web.Application, port: int, tls: Any) -> int:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, port, ssl_context=tls)
+        await site.start()
+        self._runners.append(runner)
+        server = site._server
+        assert server is not None
+        bound: int = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return bound
+
+    async def stop(self) -> None:
+        await self.apns.server.stop()
+        await self.fcm.server.stop()
+        for runner in self._runners:
+            await runner.cleanup()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "apns": {**self.apns.counters.snapshot(), "goaways": self.apns.server.goaways,
+                     "dropped_connections": self.apns.server.dropped},
+            "fcm": {**self.fcm.counters.snapshot(), "goaways": self.fcm.server.goaways,
+                    "dropped_connections": self.fcm.server.dropped, "oauth_tokens_issued": self.fcm.tokens_issued},
+        }
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def _set_faults(self, request: web.Request) -> web.Response:
+        gateway = request.match_info["gateway"]
+        if gateway not in ("apns", "fcm"):
+            return web.json_response({"error": f"no gateway {gateway!r}; apns or fcm"}, status=404)
+        try:
+            faults = Faults.model_validate(await request.json())
+        except (ValueError, ValidationError) as e:
+            return web.json_response({"error": str(e)}, status=400)
+        (self.apns if gateway == "apns" else self.fcm).faults.set(faults)
+        return web.json_response(json.loads(faults.model_dump_json()))
+
+    async def _reset(self, request: web.Request) -> web.Response:
+        self.apns.counters.reset()
+        self.fcm.counters.reset()
+        return web.json_response({"reset": True})
+
+    def describe(self) -> str:
+        c = self.credentials
+        return "\n".join([
+            f"fake APNs:  https://{self.host}:{self.ports['apns']}  (key {c.apns_key_path}, "
+            f"key id {c.apns_key_id}, team id {c.apns_team_id})",
+            f"fake FCM:   https://{self.host}:{self.ports['fcm']}  (project {c.fcm_project_id}, "
+            f"service account {c.fcm_service_account_path})",
+            f"OAuth:      {self.fcm.token_uri}",
+            f"CA:         {c.ca_path}",
+            f"stats:      http://{self.host}:{self.ports['stats']}/stats",
+        ])

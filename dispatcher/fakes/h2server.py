@@ -1,0 +1,260 @@
+"""A small HTTP/2 server over TLS, the transport of both fake gateways.
+
+It does what the real gateways' transport does and what clients trip on:
+TLS with or without ALPN (aioapns offers none), SETTINGS with a
+MAX_CONCURRENT_STREAMS limit, real flow control in both directions (it
+acknowledges what it receives, and sends response bodies only as far as the
+client's window allows, so a client that never acknowledges stalls as it
+would against Apple), GOAWAY, and connections dropped without a word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    WindowUpdated,
+)
+from h2.exceptions import ProtocolError, StreamClosedError
+from h2.settings import SettingCodes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    connection: H2ServerProtocol
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def count(self, name: str) -> int:
+        return sum(1 for key, _ in self.headers if key == name)
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass
+class ConnectionFaults:
+    """What happens to each connection: GOAWAY or a silent drop once it has
+    received so many requests (None: never)."""
+
+    goaway_after: int | None = None
+    drop_after: int | None = None
+
+
+def server_tls(cert_chain_path: str, ca_path: str | None = None, alpn: list[str] | None = None) -> ssl.SSLContext:
+    """TLS for a fake: our certificate, ALPN offered but not required (``alpn``,
+    default h2), and client certificates checked against ``ca_path`` when a
+    client sends one."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert_chain_path)
+    ctx.set_alpn_protocols(["h2"] if alpn is None else alpn)
+    if ca_path is not None:
+        ctx.load_verify_locations(ca_path)
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+class H2ServerProtocol(asyncio.Protocol):
+    def __init__(self, server: H2Server) -> None:
+        self.server = server
+        self.conn = H2Connection(H2Configuration(client_side=False, header_encoding="utf-8"))
+        self.transport: asyncio.Transport | None = None
+        self.requests_seen = 0
+        self.closing = False
+        self.state: dict[str, Any] = {}  # per-connection state for the handler (JWT, ...)
+        self._streams: dict[int, tuple[list[tuple[str, str]], bytearray]] = {}
+        self._unsent: dict[int, bytearray] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def peer_certificate(self) -> dict[str, Any] | None:
+        assert self.transport is not None
+        cert: dict[str, Any] | None = self.transport.get_extra_info("peercert")
+        return cert or None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.server.connections.add(self)
+        self.conn.initiate_connection()
+        self.conn.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: self.server.max_concurrent_streams})
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.server.connections.discard(self)
+        for task in self._tasks:
+            task.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.conn.receive_data(data)
+        except ProtocolError as e:
+            log.info("fake gateway: protocol error from client: %s", e)
+            self._flush()
+            self._close()
+            return
+        for event in events:
+            if isinstance(event, RequestReceived):
+                self._streams[event.stream_id] = (list(event.headers), bytearray())
+            elif isinstance(event, DataReceived):
+                if event.stream_id in self._streams:
+                    self._streams[event.stream_id][1].extend(event.data)
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, StreamEnded):
+                self._request_complete(event.stream_id)
+            elif isinstance(event, StreamReset):
+                self._streams.pop(event.stream_id, None)
+                self._unsent.pop(event.stream_id, None)
+            elif isinstance(event, WindowUpdated):
+                self._send_unsent()
+            elif isinstance(event, ConnectionTerminated):
+                self._close()
+        self._flush()
+
+    def _request_complete(self, stream_id: int) -> None:
+        headers, body = self._streams.pop(stream_id, ([], bytearray()))
+        if self.closing:
+            return
+        self.requests_seen += 1
+        faults = self.server.connection_faults()
+        if faults.drop_after is not None and self.requests_seen >= faults.drop_after:
+            log.info("fake gateway: dropping a connection after %d requests", self.requests_seen)
+            self.server.dropped += 1
+            self.closing = True
+            assert self.transport is not None
+            self.transport.abort()
+            return
+        pseudo = dict(headers)
+        request = Request(pseudo.get(":method", ""), pseudo.get(":path", ""),
+                          [(k, v) for k, v in headers if not k.startswith(":")], bytes(body), self)
+        task = asyncio.create_task(self._serve(stream_id, request))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if faults.goaway_after is not None and self.requests_seen >= faults.goaway_after:
+            self.goaway(last_stream_id=stream_id)
+
+    async def _serve(self, stream_id: int, request: Request) -> None:
+        try:
+            response = await self.server.handler(request)
+        except Exception:
+            log.exception("fake gateway: handler failed")
+            response = Response(500, body=b'{"reason":"InternalServerError"}')
+        if self.transport is None or self.transport.is_closing():
+            return
+        try:
+            self.conn.send_headers(stream_id, [(":status", str(response.status)), *response.headers],
+                                   end_stream=not response.body)
+        except (StreamClosedError, ProtocolError):
+            return
+        if response.body:
+            self._unsent[stream_id] = bytearray(response.body)
+            self._send_unsent()
+        self._flush()
+
+    def _send_unsent(self) -> None:
+        """Sends response bodies as far as the client's flow-control windows
+        allow; the rest waits for its WINDOW_UPDATE."""
+        for stream_id in list(self._unsent):
+            data = self._unsent[stream_id]
+            try:
+                while data:
+                    window = min(self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size)
+                    if window <= 0:
+                        break
+                    chunk, data[:] = bytes(data[:window]), data[window:]
+                    self.conn.send_data(stream_id, chunk, end_stream=not data)
+            except (StreamClosedError, ProtocolError):
+                data.clear()
+            if not data:
+                del self._unsent[stream_id]
+        self._flush()
+
+    def goaway(self, last_stream_id: int | None = None) -> None:
+        """Tells the client to go elsewhere, then closes the connection."""
+        if self.closing:
+            return
+        self.closing = True
+        self.server.goaways += 1
+        self.conn.close_connection(error_code=ErrorCodes.NO_ERROR, last_stream_id=last_stream_id)
+        self._flush()
+        asyncio.get_running_loop().call_later(0.2, self._close)
+
+    def _flush(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            data = self.conn.data_to_send()
+            if data:
+                self.transport.write(data)
+
+    def _close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class H2Server:
+    """Serves ``handler`` over HTTP/2 and TLS on host:port (0: any free port)."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        tls: ssl.SSLContext,
+        connection_faults: Callable[[], ConnectionFaults],
+        max_concurrent_streams: int = 1000,
+    ) -> None:
+        self.handler = handler
+        self.tls = tls
+        self.connection_faults = connection_faults
+        self.max_concurrent_streams = max_concurrent_streams
+        self.connections: set[H2ServerProtocol] = set()
+        self.goaways = 0
+        self.dropped = 0
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: H2ServerProtocol(self), host, port, ssl=self.tls)
+        bound: int = self._server.sockets[0].getsockname()[1]
+        return bound
+
+    def goaway_all(self) -> None:
+        for connection in list(self.connections):
+            connection.goaway()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for connection in list(self.connections):
+                if connection.transport is not None:
+                    connection.transport.abort()
+            await self._server.wait_closed()

@@ -1,0 +1,56 @@
+"""What a sender sends and what it concludes: one model for both gateways."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    """One push to one device.
+
+    ``payload`` is the gateway's own body: for APNs the JSON with ``aps``;
+    for FCM the ``message`` object without ``token`` (the sender adds it).
+    """
+
+    token: str
+    payload: Mapping[str, Any]
+    # Seconds the push stays worth delivering; None: the gateway's default.
+    ttl_s: int | None = None
+    collapse_key: str | None = None
+    priority: Literal["high", "normal"] = "high"
+    # APNs only.
+    push_type: str = "alert"
+    topic: str | None = None
+    push_id: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Verdict(enum.StrEnum):
+    DELIVERED = "delivered"
+    DEAD_TOKEN = "dead_token"  # remove the device
+    TEMPORARY = "temporary"  # retry later, with backoff
+    PERMANENT = "permanent"  # dead letter; the device stays
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    verdict: Verdict
+    # HTTP status, or None when no answer came (timeout, lost connection).
+    status: int | None
+    # APNs reason, FCM errorCode, or what went wrong on the way.
+    reason: str
+    # The gateway's Retry-After, or the least delay its rules ask for.
+    retry_after_s: float | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.verdict is Verdict.DELIVERED
+
+
+def no_answer(reason: str) -> Outcome:
+    """Timeouts and lost connections: the push may or may not have arrived."""
+    return Outcome(Verdict.TEMPORARY, None, reason)
