@@ -3,15 +3,17 @@
 - aioapns has no request timeout: every send runs under ``request_timeout_s``,
   and a timed-out request is forgotten by its connection.
 - aioapns never acknowledges DATA it receives, so after about 64 KiB of error
-  bodies (a broadcast with many dead tokens) the connection's window is gone
-  and it stalls: our protocol acknowledges each body.
+  bodies (a broadcast with many dead tokens) the connection's window is gone;
+  a body then comes split and aioapns' per-frame JSON parsing kills the
+  connection. Ours acknowledges each body and parses it whole.
 - aioapns keeps the stream-to-request map of every successful push forever:
   ours drops it when the stream ends.
 - aioapns mints a provider token per connection at random moments; ours share
   one, minted on period boundaries (``token_refresh_s``) so every connection
   and every node presents the same ``iat`` (no TooManyProviderTokenUpdates).
-- After GOAWAY aioapns resends in-flight requests on another connection, so
-  a push can arrive twice; the tests measure it.
+- After GOAWAY aioapns closes at once and resends every request in flight on
+  another connection, so pushes the server had taken arrive twice. Ours
+  fails only the requests the server did not take and waits for the rest.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from functools import partial
 from typing import Any
 
 import jwt
+from h2.exceptions import ProtocolError as H2ProtocolError
 from aioapns.common import NotificationRequest, NotificationResult, PushType
 from aioapns.connection import (
     APNsCertConnectionPool,
@@ -80,21 +83,103 @@ class _Protocol(APNsTLSClientProtocol):
     """aioapns' protocol with the fixes above; APNS_SERVER, APNS_PORT and
     INACTIVITY_TIME are set per sender on a subclass."""
 
+    terminated = False
+    # After GOAWAY, how long answers to requests the server did take may
+    # still come before the connection is closed.
+    GOAWAY_GRACE_S = 5.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._bodies: dict[int, bytearray] = {}
+        self._inbound = bytearray()
+
+    @property
+    def is_busy(self) -> bool:
+        # After GOAWAY the connection is closing: the pool must pick another.
+        return self.terminated or super().is_busy
+
     def on_data_received(self, data: bytes, stream_id: int) -> None:
-        # Give the window back, or the connection stalls after ~64 KiB.
+        # Give the window back, or the connection stalls after ~64 KiB; and
+        # parse a body only once it is whole (aioapns parses each frame).
         self.conn.acknowledge_received_data(len(data), stream_id)
-        super().on_data_received(data, stream_id)
+        self._bodies.setdefault(stream_id, bytearray()).extend(data)
 
     def on_stream_ended(self, stream_id: int) -> None:
+        body = self._bodies.pop(stream_id, None)
+        if body:
+            super().on_data_received(bytes(body), stream_id)
         self.request_streams.pop(stream_id, None)
         super().on_stream_ended(stream_id)
+        if self.terminated and not self.requests:
+            self.close()
+
+    def data_received(self, data: bytes) -> None:
+        # h2 closes its state machine on GOAWAY and then refuses the answers
+        # the server still sends for streams it took; so GOAWAY frames are
+        # taken out here and handled by _goaway, and h2 sees the rest.
+        self._inbound.extend(data)
+        for chunk, goaway in _split_goaway(self._inbound):
+            if chunk:
+                super().data_received(chunk)
+            if goaway is not None:
+                self._goaway(goaway)
+
+    def on_connection_terminated(self, event: Any) -> None:
+        self._goaway(event.last_stream_id)
+
+    def _goaway(self, last_stream_id: int) -> None:
+        """Requests on streams after ``last_stream_id`` were not processed and
+        fail now, so the pool resends them without duplicates; the others
+        still get their answers before the connection closes (aioapns closes
+        at once and resends them all)."""
+        self.terminated = True
+        for stream_id, notification_id in list(self.request_streams.items()):
+            if stream_id > last_stream_id:
+                del self.request_streams[stream_id]
+                future = self.requests.pop(notification_id, None)
+                if future is not None and not future.done():
+                    future.set_exception(ConnectionClosed("not processed before GOAWAY"))
+        if self.requests:
+            self.loop.call_later(self.GOAWAY_GRACE_S, self.close)
+        else:
+            self.close()
 
     async def send_notification(self, request: NotificationRequest) -> NotificationResult:
+        if self.terminated:
+            raise ConnectionClosed("connection received GOAWAY")
         try:
             return await super().send_notification(request)
+        except H2ProtocolError as e:
+            # The connection closed under us: the pool retries elsewhere.
+            raise ConnectionClosed(str(e)) from None
         except asyncio.CancelledError:
             self.requests.pop(request.notification_id, None)
             raise
+
+
+_FRAME_HEADER = 9
+_GOAWAY = 0x7
+
+
+def _split_goaway(buffer: bytearray) -> list[tuple[bytes, int | None]]:
+    """Consumes the complete HTTP/2 frames at the head of ``buffer``: runs of
+    frames to pass on, each followed by the last_stream_id of the GOAWAY that
+    ended it (None for the final run). An incomplete frame stays buffered."""
+    out: list[tuple[bytes, int | None]] = []
+    start = pos = 0
+    while len(buffer) - pos >= _FRAME_HEADER:
+        length = int.from_bytes(buffer[pos:pos + 3], "big")
+        end = pos + _FRAME_HEADER + length
+        if end > len(buffer):
+            break
+        if buffer[pos + 3] == _GOAWAY and length >= 8:
+            last = int.from_bytes(buffer[pos + 9:pos + 13], "big") & 0x7FFFFFFF
+            out.append((bytes(buffer[start:pos]), last))
+            start = end
+        pos = end
+    out.append((bytes(buffer[start:pos]), None))
+    del buffer[:pos]
+    return out
 
 
 class _KeyPool(APNsKeyConnectionPool):

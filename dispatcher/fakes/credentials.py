@@ -27,6 +27,7 @@ class FakeCredentials:
     directory: Path
     ca_path: Path
     server_cert_path: Path  # certificate chain and private key, PEM
+    apns_client_cert_path: Path  # for APNs certificate auth: certificate and key, PEM
     apns_key_path: Path
     apns_key_id: str
     apns_team_id: str
@@ -69,6 +70,8 @@ def make_credentials(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "lo
     server = ca.issue_cert(*hosts)
     server_cert_path = directory / "server.pem"
     server.private_key_and_cert_chain_pem.write_to_path(str(server_cert_path))
+    client_cert_path = directory / "apns-client.pem"
+    ca.issue_cert("com.example.news").private_key_and_cert_chain_pem.write_to_path(str(client_cert_path))
 
     apns_key = ec.generate_private_key(ec.SECP256R1())
     key_id, team_id = _ten_chars(), _ten_chars()
@@ -92,5 +95,5 @@ def make_credentials(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "lo
     }
     account_path = directory / "fcm-service-account.json"
     account_path.write_text(json.dumps(account, indent=2))
-    return FakeCredentials(directory, ca_path, server_cert_path, apns_key_path, key_id, team_id,
+    return FakeCredentials(directory, ca_path, server_cert_path, client_cert_path, apns_key_path, key_id, team_id,
                            account_path, project_id)

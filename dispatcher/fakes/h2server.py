@@ -30,6 +30,7 @@ from h2.events import (
 )
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes
+from hyperframe.frame import GoAwayFrame
 
 log = logging.getLogger(__name__)
 
@@ -201,14 +202,27 @@ class H2ServerProtocol(asyncio.Protocol):
         self._flush()
 
     def goaway(self, last_stream_id: int | None = None) -> None:
-        """Tells the client to go elsewhere, then closes the connection."""
-        if self.closing:
+        """Graceful GOAWAY, as real servers do it: requests up to
+        ``last_stream_id`` still get their answers, later ones are ignored,
+        and the connection closes once the answers are out. (h2 itself closes
+        its state machine on GOAWAY and would drop those answers, so the
+        frame is written directly.)"""
+        if self.closing or self.transport is None:
             return
         self.closing = True
         self.server.goaways += 1
-        self.conn.close_connection(error_code=ErrorCodes.NO_ERROR, last_stream_id=last_stream_id)
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = self.conn.highest_inbound_stream_id if last_stream_id is None else last_stream_id
+        frame.error_code = ErrorCodes.NO_ERROR
         self._flush()
-        asyncio.get_running_loop().call_later(0.2, self._close)
+        self.transport.write(frame.serialize())
+        self._close_when_answered()
+
+    def _close_when_answered(self, waited_s: float = 0.0) -> None:
+        if (self._tasks or self._unsent) and waited_s < 5.0:
+            asyncio.get_running_loop().call_later(0.05, self._close_when_answered, waited_s + 0.05)
+        else:
+            self._close()
 
     def _flush(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
