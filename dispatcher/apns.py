@@ -26,9 +26,9 @@ from functools import partial
 from typing import Any
 
 import jwt
-from h2.exceptions import ProtocolError as H2ProtocolError
 from aioapns.common import NotificationRequest, NotificationResult, PushType
 from aioapns.connection import (
+    APNsBaseClientProtocol,
     APNsCertConnectionPool,
     APNsKeyConnectionPool,
     APNsTLSClientProtocol,
@@ -36,6 +36,7 @@ from aioapns.connection import (
 )
 from aioapns.exceptions import ConnectionClosed, MaxAttemptsExceeded
 from aioapns.exceptions import ConnectionError as ApnsConnectionError
+from h2.exceptions import ProtocolError as H2ProtocolError
 
 from dispatcher.config import ApnsSettings
 from dispatcher.errors import ConfigError
@@ -189,10 +190,11 @@ class _KeyPool(APNsKeyConnectionPool):
         super().__init__(**kwargs)
         self.provider = provider
 
-    async def create_connection(self) -> APNsTLSClientProtocol:
-        factory = partial(self.protocol_class, self.apns_topic, self.loop, self.discard_connection, self.provider)
-        connection: APNsTLSClientProtocol = await self._create_connection(factory)
-        return connection
+    async def create_connection(self) -> APNsBaseClientProtocol:
+        # aioapns' own hints are off here (an optional topic, a NoReturn callback).
+        factory = partial(self.protocol_class, self.apns_topic, self.loop,  # type: ignore[arg-type]
+                          self.discard_connection, self.provider)  # type: ignore[arg-type]
+        return await self._create_connection(factory)
 
 
 class ApnsSender:
@@ -204,8 +206,8 @@ class ApnsSender:
         })
         tls = ssl.create_default_context(cafile=str(settings.ca_path) if settings.ca_path else None)
         self.provider: SharedProviderToken | None = None
-        common = {"topic": settings.topic, "max_connections": settings.connections,
-                  "max_connection_attempts": 3, "ssl_context": tls}
+        common: dict[str, Any] = {"topic": settings.topic, "max_connections": settings.connections,
+                                  "max_connection_attempts": 3, "ssl_context": tls}
         self.pool: APNsKeyConnectionPool | APNsCertConnectionPool
         if settings.cert_path is not None:
             try:

@@ -43,14 +43,14 @@ class _TokenRequest(GoogleRequest):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("verify", self._verify)
-        return super().__call__(*args, **kwargs)
+        return super().__call__(*args, **kwargs)  # type: ignore[no-untyped-call]
 
 
 class FcmSender:
     def __init__(self, settings: FcmSettings) -> None:
         self.settings = settings
         try:
-            creds = service_account.Credentials.from_service_account_file(
+            creds = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
                 str(settings.service_account_path), scopes=[SCOPE])
         except (OSError, ValueError, KeyError) as e:
             raise ConfigError(f"fcm.service_account_path: cannot use {settings.service_account_path}: {e}") from None
@@ -61,7 +61,8 @@ class FcmSender:
         if not project:
             raise ConfigError("fcm.project_id is not set and the service account names none")
         self.url = f"{settings.endpoint}/v1/projects/{project}/messages:send"
-        self._google_request = _TokenRequest(requests.Session(), settings.ca_path)
+        self._session = requests.Session()
+        self._google_request = _TokenRequest(self._session, settings.ca_path)
         tls = ssl.create_default_context(cafile=str(settings.ca_path) if settings.ca_path else None)
         self._client = httpx.AsyncClient(
             http2=True,
@@ -81,7 +82,7 @@ class FcmSender:
         lifetime = (creds.expiry - issued).total_seconds()
         margin = min(self.settings.token_refresh_margin_s, lifetime / 4)
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)  # google-auth keeps naive UTC
-        return (creds.expiry - now).total_seconds() > margin
+        return bool((creds.expiry - now).total_seconds() > margin)
 
     async def _access_token(self, stale: str | None = None) -> str:
         """A valid access token; ``stale`` is one the gateway refused."""
@@ -146,3 +147,4 @@ class FcmSender:
 
     async def close(self) -> None:
         await self._client.aclose()
+        self._session.close()

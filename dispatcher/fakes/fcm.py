@@ -104,9 +104,9 @@ class FakeFcm:
                 raise fcm_error("UNREGISTERED", "Requested entity was not found.")
         except FcmReject as r:
             self.counters.rejected[r.label] += 1
-            body = {"error": {"code": r.http, "message": r.message, "status": r.status, "details": r.details}}
+            error = {"error": {"code": r.http, "message": r.message, "status": r.status, "details": r.details}}
             return Response(r.http, [("content-type", "application/json; charset=UTF-8"), *r.headers],
-                            json.dumps(body).encode())
+                            json.dumps(error).encode())
         message_id = secrets.randbelow(10**16)
         if not validate_only:
             self.counters.accepted[token] += 1

@@ -127,7 +127,9 @@ class H2ServerProtocol(asyncio.Protocol):
             return
         for event in events:
             if isinstance(event, RequestReceived):
-                self._streams[event.stream_id] = (list(event.headers), bytearray())
+                # header_encoding="utf-8": names and values arrive as str.
+                headers = [(str(k), str(v)) for k, v in event.headers or []]
+                self._streams[event.stream_id] = (headers, bytearray())
             elif isinstance(event, DataReceived):
                 if event.stream_id in self._streams:
                     self._streams[event.stream_id][1].extend(event.data)

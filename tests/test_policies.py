@@ -1,0 +1,89 @@
+"""Verdict tables, the backoff policy and the GOAWAY frame splitter: pure logic."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from dispatcher.apns import _split_goaway
+from dispatcher.backoff import Backoff
+from dispatcher.fakes.apns import REASON_STATUS
+from dispatcher.push import Verdict
+from dispatcher.verdicts import APNS, apns_outcome, fcm_outcome, retry_after
+
+
+def test_apns_table_covers_every_documented_reason() -> None:
+    assert {reason for _, reason in APNS} == set(REASON_STATUS)
+    assert all(APNS[(status, reason)] for reason, status in REASON_STATUS.items())
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "verdict"),
+    [(200, "", Verdict.DELIVERED), (410, "Unregistered", Verdict.DEAD_TOKEN),
+     (400, "DeviceTokenNotForTopic", Verdict.DEAD_TOKEN), (400, "BadTopic", Verdict.PERMANENT),
+     (429, "TooManyRequests", Verdict.TEMPORARY), (503, "Shutdown", Verdict.TEMPORARY),
+     (418, "Teapot", Verdict.PERMANENT), (502, "", Verdict.TEMPORARY)],
+)
+def test_apns_outcomes(status: int, reason: str, verdict: Verdict) -> None:
+    assert apns_outcome(status, reason, None).verdict is verdict
+
+
+def fcm_body(code: str | None = None, bad_request: bool = False, info: str | None = None) -> dict[str, object]:
+    details: list[dict[str, object]] = []
+    if code:
+        details.append({"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": code})
+    if bad_request:
+        details.append({"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": []})
+    if info:
+        details.append({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": info})
+    return {"error": {"code": 400, "status": "X", "details": details}}
+
+
+def test_fcm_invalid_argument_depends_on_the_detail() -> None:
+    assert fcm_outcome(400, fcm_body("INVALID_ARGUMENT"), None).verdict is Verdict.DEAD_TOKEN
+    assert fcm_outcome(400, fcm_body("INVALID_ARGUMENT", bad_request=True), None).verdict is Verdict.PERMANENT
+    assert fcm_outcome(400, fcm_body(bad_request=True), None).verdict is Verdict.PERMANENT
+    expired = fcm_outcome(401, fcm_body(info="ACCESS_TOKEN_EXPIRED"), None)
+    assert (expired.reason, expired.verdict) == ("ACCESS_TOKEN_EXPIRED", Verdict.PERMANENT)
+    assert fcm_outcome(502, None, None).verdict is Verdict.TEMPORARY
+    assert fcm_outcome(429, fcm_body("QUOTA_EXCEEDED"), 5).retry_after_s == 60
+
+
+def test_retry_after_parsing() -> None:
+    assert retry_after("30") == 30 and retry_after("1.5") == 1.5
+    assert retry_after(None) is None and retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None
+    assert retry_after("-3") is None
+
+
+def test_backoff_full_jitter_within_the_exponential_ceiling() -> None:
+    policy = Backoff(base_s=1, cap_s=30, max_attempts=10, deadline_s=10_000, rng=random.Random(7))
+    for attempt in range(1, 9):
+        ceiling = min(30, 2 ** (attempt - 1))
+        delays = [policy.delay_s(attempt) for _ in range(500)]
+        assert all(0 <= d <= ceiling for d in delays)
+        assert max(delays) > 0.8 * ceiling and min(delays) < 0.2 * ceiling, "spread over the whole range"
+
+
+def test_backoff_retry_after_wins_and_limits_apply() -> None:
+    policy = Backoff(base_s=1, cap_s=30, max_attempts=3, deadline_s=100, rng=random.Random(1))
+    assert policy.delay_s(5, retry_after_s=42) == 42
+    assert policy.next_delay_s(3, elapsed_s=0) is None, "attempts spent"
+    assert policy.next_delay_s(1, elapsed_s=99, retry_after_s=5) is None, "past the deadline"
+    delay = policy.next_delay_s(2, elapsed_s=10)
+    assert delay is not None and 0 <= delay <= 2
+
+
+def frame(kind: int, stream: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, 0]) + stream.to_bytes(4, "big") + payload
+
+
+def test_split_goaway_keeps_order_and_partial_frames() -> None:
+    headers = frame(0x1, 1, b"h" * 10)
+    goaway = frame(0x7, 0, (5).to_bytes(4, "big") + (0).to_bytes(4, "big"))
+    data = frame(0x0, 3, b"d" * 20)
+    buffer = bytearray(headers + goaway + data[:7])
+    assert _split_goaway(buffer) == [(headers, 5), (b"", None)]
+    assert bytes(buffer) == data[:7], "an incomplete frame waits for the rest"
+    buffer.extend(data[7:])
+    assert _split_goaway(buffer) == [(data, None)] and not buffer
