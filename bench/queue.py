@@ -1,7 +1,7 @@
 """Queue throughput: put + take + ack cycles per second from Python against one
 local node, single-task calls and batch calls, at several concurrency levels.
 
-    .venv/bin/python bench/queue.py [--seconds 5] [--json out.json]
+    .venv/bin/python -m bench.queue [--seconds 5] [--json out.json]
 
 Starts its own Tarantool (lua/init.lua) in a temporary directory on a free
 port, with the WAL on (fsync off, Tarantool's default), and prints a
@@ -25,12 +25,10 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from dispatcher.config import NodeSettings, Settings, TarantoolSettings  # noqa: E402
-from dispatcher.queue import Queue, Tube  # noqa: E402
-from dispatcher.store import Store  # noqa: E402
-from dispatcher.tarantool_process import TarantoolProcess  # noqa: E402
+from dispatcher.config import NodeSettings, Settings, TarantoolSettings
+from dispatcher.queue import Queue, Tube
+from dispatcher.store import Store
+from dispatcher.tarantool_process import TarantoolProcess
 
 # A send task as the dispatcher queues it: broadcast, token, platform, attempt.
 TASKS = {

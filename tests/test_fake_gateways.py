@@ -3,8 +3,10 @@ the OAuth endpoint's checks, and ``dispatcher fake-gateways``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,9 +17,11 @@ import aiohttp
 import jwt
 
 from dispatcher.apns import ApnsSender
+from dispatcher.config import ApnsSettings, FcmSettings
 from dispatcher.fakes.gateways import FakeGateways
-from dispatcher.push import Push
-from tests.conftest import apns_settings_for, apns_token, free_port
+from dispatcher.fcm import FcmSender
+from dispatcher.push import Push, Verdict
+from tests.conftest import apns_settings_for, apns_token, fcm_token, free_port
 
 
 async def test_stats_faults_and_reset_over_http(gateways: FakeGateways) -> None:
@@ -63,26 +67,42 @@ async def test_oauth_endpoint_refuses_an_assertion_signed_by_another_key(gateway
     assert gateways.fcm.tokens_issued == 0
 
 
-def test_fake_gateways_command(tmp_path: Path) -> None:
-    ports = [str(free_port()) for _ in range(4)]
+async def test_fake_gateways_command_serves_both_gateways(tmp_path: Path) -> None:
+    """The fakes as `dispatcher fake-gateways` runs them (on uvloop), with
+    a push through each."""
+    ports = {name: free_port() for name in ("apns", "fcm", "oauth", "stats")}
     faults = tmp_path / "faults.json"
-    faults.write_text(json.dumps({"apns": {"dead_share": 0.1}, "fcm": {"throttle_share": 0.05}}))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dispatcher", "fake-gateways", "--dir", str(tmp_path / "fakes"),
-         "--apns-port", ports[0], "--fcm-port", ports[1], "--oauth-port", ports[2], "--stats-port", ports[3],
-         "--faults", str(faults)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
-    )
+    faults.write_text(json.dumps({"apns": {"dead_tokens": [apns_token(9)]}, "fcm": {}}))
+    args = [sys.executable, "-m", "dispatcher", "fake-gateways", "--dir", str(tmp_path / "fakes"),
+            "--faults", str(faults)]
+    for name, port in ports.items():
+        args += [f"--{name}-port", str(port)]
+    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE, env=dict(os.environ))
     try:
         assert proc.stdout is not None
-        lines = [proc.stdout.readline() for _ in range(5)]
-        assert lines[0].startswith(f"fake APNs:  https://127.0.0.1:{ports[0]}")
-        assert lines[3].startswith("CA:") and Path(lines[3].split()[1]).is_file()
+        lines = [(await proc.stdout.readline()).decode() for _ in range(5)]
+        assert lines[0].startswith(f"fake APNs:  https://127.0.0.1:{ports['apns']}")
+        key_id, team_id = re.search(r"key id (\w+), team id (\w+)", lines[0]).groups()  # type: ignore[union-attr]
+        fakes = tmp_path / "fakes"
+        ca = Path(lines[3].split()[1])
+        apns = ApnsSender(ApnsSettings(key_path=next(fakes.glob("AuthKey_*.p8")), key_id=key_id, team_id=team_id,
+                                       topic="com.example.news", endpoint=f"127.0.0.1:{ports['apns']}", ca_path=ca))
+        fcm = FcmSender(FcmSettings(service_account_path=fakes / "fcm-service-account.json", ca_path=ca,
+                                    endpoint=f"https://127.0.0.1:{ports['fcm']}"))
+        try:
+            assert (await apns.send(Push(apns_token(1), {"aps": {}}))).delivered
+            assert (await apns.send(Push(apns_token(9), {"aps": {}}))).verdict is Verdict.DEAD_TOKEN
+            assert (await fcm.send(Push(fcm_token(1), {"data": {"a": "b"}}))).delivered
+        finally:
+            await apns.close()
+            await fcm.close()
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(20) == 0
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
     finally:
-        proc.kill()
-        proc.communicate()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 def test_fake_gateways_bad_faults_file(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -104,8 +104,8 @@ class H2ServerProtocol(asyncio.Protocol):
         return cert or None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's TLS transport is no asyncio.Transport subclass, but is one.
+        self.transport = cast(asyncio.Transport, transport)
         self.server.connections.add(self)
         self.conn.initiate_connection()
         self.conn.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: self.server.max_concurrent_streams})
