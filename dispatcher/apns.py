@@ -8,6 +8,8 @@
   connection. Ours acknowledges each body and parses it whole.
 - aioapns keeps the stream-to-request map of every successful push forever:
   ours drops it when the stream ends.
+- aioapns runs on h2, whose pure-Python HPACK and framing took two thirds of
+  the sender's CPU; ours runs the same protocol on jh2 (h2's API, Rust HPACK).
 - aioapns mints a provider token per connection at random moments; ours share
   one, minted on period boundaries (``token_refresh_s``) so every connection
   and every node presents the same ``iat`` (no TooManyProviderTokenUpdates).
@@ -36,7 +38,9 @@ from aioapns.connection import (
 )
 from aioapns.exceptions import ConnectionClosed, MaxAttemptsExceeded
 from aioapns.exceptions import ConnectionError as ApnsConnectionError
-from h2.exceptions import ProtocolError as H2ProtocolError
+from jh2 import connection as jh2_connection
+from jh2 import events as jh2_events
+from jh2.exceptions import ProtocolError as H2ProtocolError
 
 from dispatcher.config import ApnsSettings
 from dispatcher.errors import ConfigError
@@ -91,6 +95,9 @@ class _Protocol(APNsTLSClientProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # jh2: h2's API with HPACK in Rust; h2 and hpack were two thirds of
+        # the sender's CPU (bench/RESULTS.md).
+        self.conn = jh2_connection.H2Connection()
         self._bodies: dict[int, bytearray] = {}
         self._inbound = bytearray()
 
@@ -115,15 +122,30 @@ class _Protocol(APNsTLSClientProtocol):
             self.close()
 
     def data_received(self, data: bytes) -> None:
-        # h2 closes its state machine on GOAWAY and then refuses the answers
-        # the server still sends for streams it took; so GOAWAY frames are
-        # taken out here and handled by _goaway, and h2 sees the rest.
+        # GOAWAY frames are taken out here and handled by _goaway: h2 closes
+        # its state machine on GOAWAY and would then refuse the answers the
+        # server still sends for streams it took.
         self._inbound.extend(data)
         for chunk, goaway in _split_goaway(self._inbound):
             if chunk:
-                super().data_received(chunk)
+                self._dispatch(self.conn.receive_data(chunk))
             if goaway is not None:
                 self._goaway(goaway)
+        self.flush()
+
+    def _dispatch(self, events: list[Any]) -> None:
+        # aioapns' own loop matches h2's event classes; these are jh2's.
+        for event in events:
+            if isinstance(event, jh2_events.ResponseReceived):
+                self.on_response_received(dict(event.headers))
+            elif isinstance(event, jh2_events.DataReceived):
+                self.on_data_received(event.data, event.stream_id)
+            elif isinstance(event, jh2_events.StreamEnded):
+                self.on_stream_ended(event.stream_id)
+            elif isinstance(event, jh2_events.RemoteSettingsChanged):
+                self.on_remote_settings_changed(event.changed_settings)
+            elif isinstance(event, jh2_events.ConnectionTerminated):
+                self.on_connection_terminated(event)
 
     def on_connection_terminated(self, event: Any) -> None:
         self._goaway(event.last_stream_id)
