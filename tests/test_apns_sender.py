@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from dispatcher.apns import ApnsSender, _endpoint
 from dispatcher.config import ApnsSettings
+from dispatcher.errors import ConfigError
 from dispatcher.fakes.apns import REASON_STATUS
 from dispatcher.fakes.faults import Faults
 from dispatcher.fakes.gateways import FakeGateways
@@ -244,3 +246,13 @@ async def test_unreachable_gateway_is_temporary(gateways: FakeGateways) -> None:
     finally:
         await sender.close()
     assert outcome.verdict is Verdict.TEMPORARY and outcome.status is None
+
+
+async def test_unreadable_or_wrong_key_is_a_config_error(gateways: FakeGateways, tmp_path: Path) -> None:
+    missing = apns_settings_for(gateways).model_copy(update={"key_path": tmp_path / "nope.p8"})
+    with pytest.raises(ConfigError, match=r"apns.key_path: cannot read"):
+        ApnsSender(missing)
+    not_a_key = tmp_path / "AuthKey.p8"
+    not_a_key.write_text("hello")
+    with pytest.raises(ConfigError, match=r"apns.key_path: .* is not an ES256 .p8 key"):
+        ApnsSender(apns_settings_for(gateways).model_copy(update={"key_path": not_a_key}))

@@ -52,6 +52,11 @@ def test_config_file_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
         ('[node]\npeers = ["nonsense"]\nreplicator_password = "x"\n', r"peers: 'nonsense' is not host:port"),
         ('[tarantool]\nhost = "10.0.0.5"\n', r"tarantool.password: the built-in development password"),
         ("[tarantool\n", r"is not valid TOML"),
+        ('[apns]\ncert_path = "c.pem"\nkey_path = "k.p8"\n', r"either cert_path or key_path"),
+        ('[apns]\nkey_path = "k.p8"\nkey_id = "ABCDE12345"\nteam_id = "TEAM123456"\n', r"apns.topic .* required"),
+        ('[apns]\nkey_path = "k.p8"\nkey_id = "short"\n', r"apns.key_id: String should match"),
+        ('[apns]\ncert_path = "c.pem"\nendpoint = "staging"\n', r"apns.endpoint: String should match"),
+        ('[fcm]\nendpoint = "https://fcm.googleapis.com"\n', r"fcm.service_account_path: Field required"),
     ],
 )
 def test_errors_name_the_setting(tmp_path: Path, text: str, message: str) -> None:
