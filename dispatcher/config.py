@@ -12,7 +12,7 @@ import ipaddress
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -131,6 +131,48 @@ class FcmSettings(BaseModel):
     token_refresh_margin_s: float = Field(300.0, ge=0)
 
 
+class ApiKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: SecretStr = Field(..., min_length=16)
+    # "admin": broadcasts; "backend": devices and pushes.
+    scopes: list[Literal["admin", "backend"]] = Field(..., min_length=1)
+
+
+class ApiSettings(BaseModel):
+    """The HTTP API."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    # None: a key with both scopes is made at start-up and printed (development).
+    keys: list[ApiKey] | None = None
+    # Above this many ready and delayed send tasks, new work gets 429.
+    queue_limit: int = Field(2_000_000, ge=1)
+    retry_after_s: int = Field(30, ge=1)
+
+
+class DispatchSettings(BaseModel):
+    """Send workers and fan-out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch: int = Field(200, ge=1, le=5000)
+    loops_per_platform: int = Field(2, ge=1, le=32)
+    fanout_page: int = Field(1000, ge=1, le=10000)
+    # Fan-out pauses above this many ready and delayed send tasks.
+    high_water: int = Field(200_000, ge=1)
+    retry_base_s: float = Field(1.0, gt=0)
+    retry_cap_s: float = Field(300.0, gt=0)
+    max_attempts: int = Field(8, ge=1)
+    retry_deadline_s: float = Field(3600.0, gt=0)
+    # Seconds a SIGTERM waits for pushes in flight before giving up.
+    drain_timeout_s: float = Field(30.0, gt=0)
+    # Demo devices put in when the node has none (0: none).
+    demo_devices: int = Field(1000, ge=0)
+
+
 class Settings(BaseSettings):
     """All settings. Build with :func:`load_settings`."""
 
@@ -143,6 +185,8 @@ class Settings(BaseSettings):
     # Unset: the node sends to the fake gateways it starts itself.
     apns: ApnsSettings | None = None
     fcm: FcmSettings | None = None
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -102,6 +102,12 @@ class Subscribers:
         removed: bool = body[0]
         return removed
 
+    async def remove_many(self, tokens: Sequence[str]) -> int:
+        """Removes many devices in one transaction; returns how many were registered."""
+        body = await self._store.call("node.subscriber_remove_many", (list(tokens),))
+        removed: int = body[0]
+        return removed
+
     async def page(
         self, after: Cursor | None, limit: int, audience: Audience | None = None
     ) -> tuple[list[Subscriber], Cursor | None]:

@@ -19,6 +19,8 @@ local versioned = require('node.versioned')
 local schema = require('node.schema')
 local access = require('node.access')
 local subscribers = require('node.subscribers')
+local broadcasts = require('node.broadcasts')
+local dead_letters = require('node.dead_letters')
 -- Global, as tarantool/queue: clients call `queue.tube.<name>:<method>`.
 queue = require('queue')
 
@@ -62,6 +64,7 @@ box.cfg({
 })
 
 subscribers.node_name = cfg.name
+broadcasts.node_name = cfg.name
 schema.migrate()
 queue.start({registry_space_id = 516})
 versioned.install_existing()
@@ -73,7 +76,16 @@ node = {
     subscriber_get = subscribers.get,
     subscribers_of_user = subscribers.of_user,
     subscriber_remove = subscribers.remove,
+    subscriber_remove_many = subscribers.remove_many,
     subscribers_page = subscribers.page,
+    broadcast_create = broadcasts.create,
+    broadcast_get = broadcasts.get,
+    broadcast_list = broadcasts.list,
+    broadcast_set_state = broadcasts.set_state,
+    progress_add = broadcasts.progress_add,
+    progress = broadcasts.progress,
+    dead_letter_put_many = dead_letters.put_many,
+    dead_letter_list = dead_letters.list,
     info = function()
         return {
             name = cfg.name,

@@ -100,6 +100,20 @@ function M.remove(token)
     return true
 end
 
+-- Removes many devices (tokens the gateways rejected) in one transaction;
+-- returns how many were registered.
+function M.remove_many(tokens)
+    local n = 0
+    box.atomic(function()
+        for _, token in ipairs(tokens) do
+            if M.remove(token) then
+                n = n + 1
+            end
+        end
+    end)
+    return n
+end
+
 local function contains_any(have, wanted)
     for _, w in ipairs(wanted) do
         for _, h in ipairs(have) do

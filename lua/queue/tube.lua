@@ -548,6 +548,19 @@ end
 
 function Tube:statistics()
     local index = self.space.index.status
+    -- The first ready task in take order that nobody holds: how long the
+    -- queue has kept its next task waiting.
+    local oldest = nil
+    local from = self.scan_from
+    for _, t in index:pairs(from and {READY, from[1], from[2]} or {READY}, {iterator = 'GE'}) do
+        if t[F_STATUS] ~= READY then
+            break
+        end
+        if self.owners[t[F_ID]] == nil then
+            oldest = t[F_CREATED]
+            break
+        end
+    end
     local tasks = {
         ready = index:count({READY}) - self.taken,
         taken = self.taken,
@@ -555,6 +568,8 @@ function Tube:statistics()
         delayed = index:count({DELAYED}),
         done = self.done,
         total = self.space:len(),
+        -- Seconds the next ready task has waited (0 when none waits).
+        oldest_ready_age = oldest and (state.now_ms() - oldest) / 1000 or 0,
     }
     local calls = {}
     for k, v in pairs(self.calls) do

@@ -1,0 +1,88 @@
+"""Broadcast records and their progress, through the node's stored functions."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from dispatcher.store import Store
+
+# Progress counters, summed over nodes.
+COUNTERS = ("targeted", "enqueued", "delivered", "dead_tokens", "failed", "expired", "cancelled", "retries")
+SETTLED = ("delivered", "dead_tokens", "failed", "expired", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    id: str
+    idempotency_key: str
+    state: str
+    created: float
+    spec: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: list[Any]) -> Broadcast:
+        return cls(row[0], row[1], row[2], row[3], row[6])
+
+
+def broadcast_id(idempotency_key: str) -> str:
+    """Derived from the key, so any node creating "the same" broadcast writes
+    the same record."""
+    return "b_" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:24]
+
+
+class Broadcasts:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def create(self, idempotency_key: str, state: str, spec: dict[str, Any],
+                     start_in_s: float = 0.0) -> tuple[Broadcast, bool]:
+        """The broadcast for this key: created now (True) with its first fan-out
+        task due in ``start_in_s``, or the one that was."""
+        id_ = broadcast_id(idempotency_key)
+        first_task = [{"b": id_, "after": None}, max(0.0, start_in_s)]
+        body = await self._store.call("node.broadcast_create", (id_, idempotency_key, state, spec, first_task))
+        return Broadcast.from_row(body[0]), bool(body[1])
+
+    async def get(self, id_: str) -> Broadcast | None:
+        body = await self._store.call("node.broadcast_get", (id_,))
+        return Broadcast.from_row(body[0]) if body and body[0] is not None else None
+
+    async def list(self, limit: int = 50, before: float | None = None) -> list[Broadcast]:
+        body = await self._store.call("node.broadcast_list", (limit, before))
+        return [Broadcast.from_row(r) for r in body[0]]
+
+    async def set_state(self, id_: str, state: str) -> Broadcast:
+        body = await self._store.call("node.broadcast_set_state", (id_, state))
+        return Broadcast.from_row(body[0])
+
+    async def add_progress(self, deltas: dict[str, dict[str, int]]) -> None:
+        if deltas:
+            await self._store.call("node.progress_add", (deltas,))
+
+    async def progress(self, id_: str) -> dict[str, int]:
+        body = await self._store.call("node.progress", (id_,))
+        total = {name: 0 for name in COUNTERS}
+        total.update(body[0] or {})
+        total["pending"] = max(0, total["enqueued"] - sum(total[name] for name in SETTLED))
+        return total
+
+
+class BroadcastCache:
+    """Broadcast records as send workers need them: looked up once per few
+    seconds, so a cancel takes effect within ``ttl_s``."""
+
+    def __init__(self, broadcasts: Broadcasts, ttl_s: float = 2.0) -> None:
+        self._broadcasts = broadcasts
+        self._ttl_s = ttl_s
+        self._entries: dict[str, tuple[float, Broadcast | None]] = {}
+
+    async def get(self, id_: str) -> Broadcast | None:
+        now = time.monotonic()
+        entry = self._entries.get(id_)
+        if entry is None or now - entry[0] > self._ttl_s:
+            entry = (now, await self._broadcasts.get(id_))
+            self._entries[id_] = entry
+        return entry[1]

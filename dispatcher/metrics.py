@@ -1,0 +1,24 @@
+"""Prometheus metrics, declared once, with few and bounded labels."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+PUSHES = Counter("dispatcher_pushes_total", "Pushes settled, by platform and verdict",
+                 ["platform", "verdict"])
+GATEWAY_LATENCY = Histogram("dispatcher_gateway_latency_seconds", "Time from send to the gateway's answer",
+                            ["platform"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+IN_FLIGHT = Gauge("dispatcher_pushes_in_flight", "Pushes sent and not yet answered", ["platform"])
+RETRIES = Counter("dispatcher_retries_total", "Pushes released for another attempt", ["platform"])
+DEAD_TOKENS = Counter("dispatcher_dead_tokens_removed_total", "Devices removed on the gateway's word",
+                      ["platform"])
+DEAD_LETTERS = Counter("dispatcher_dead_letters_total", "Pushes given up on (permanent or retries spent)",
+                       ["platform"])
+EXPIRED = Counter("dispatcher_expired_total", "Pushes dropped unsent because their ttl had passed", ["platform"])
+QUEUE_DEPTH = Gauge("dispatcher_queue_tasks", "Tasks in the node's tubes by state", ["tube", "state"])
+QUEUE_OLDEST = Gauge("dispatcher_queue_oldest_ready_seconds", "Age of the next ready task", ["tube"])
+ENQUEUED = Counter("dispatcher_broadcast_tasks_enqueued_total", "Send tasks enqueued by broadcast fan-out",
+                   ["platform"])
+BROADCASTS = Counter("dispatcher_broadcasts_total", "Broadcasts by what happened to them", ["event"])
+API_REQUESTS = Counter("dispatcher_api_requests_total", "HTTP API requests by route and status",
+                       ["route", "status"])

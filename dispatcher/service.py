@@ -1,0 +1,132 @@
+"""One node's dispatcher, put together: its Tarantool (when embedded), the
+store connection, the senders (the fake gateways when no credentials are
+configured), the send and fan-out workers and the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from pathlib import Path
+
+from aiohttp import web
+
+from dispatcher.api import Api
+from dispatcher.apns import ApnsSender
+from dispatcher.backoff import Backoff
+from dispatcher.broadcasts import Broadcasts
+from dispatcher.config import ApnsSettings, FcmSettings, Settings
+from dispatcher.fakes.gateways import FakeGateways
+from dispatcher.fanout import FanoutWorker
+from dispatcher.fcm import FcmSender
+from dispatcher.queue import Queue
+from dispatcher.store import Store
+from dispatcher.subscribers import Registration, Subscribers
+from dispatcher.tarantool_process import TarantoolProcess
+from dispatcher.workers import SendWorker
+
+log = logging.getLogger(__name__)
+
+DEMO_TOPICS = ("breaking", "sport", "tech", "leo", "virgo")
+DEMO_ZONES = ("UTC", "Europe/Paris", "America/New_York", "Asia/Tokyo")
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.tarantool = TarantoolProcess(settings) if settings.node.embedded else None
+        self.store = Store(settings.tarantool)
+        self.queue = Queue(self.store)
+        self.subscribers = Subscribers(self.store)
+        self.broadcasts = Broadcasts(self.store)
+        self.fakes: FakeGateways | None = None
+        self.api_keys: dict[str, set[str]] = {}
+        self.api_port = 0
+        self._stop = asyncio.Event()
+        self._workers: list[asyncio.Task[None]] = []
+        self._runner: web.AppRunner | None = None
+        self._senders: list[ApnsSender | FcmSender] = []
+
+    async def start(self) -> None:
+        s = self.settings
+        if self.tarantool is not None:
+            await asyncio.to_thread(self.tarantool.start)
+        await self.store.connect()
+        apns_settings, fcm_settings = await self._gateway_settings()
+        apns, fcm = ApnsSender(apns_settings), FcmSender(fcm_settings)
+        self._senders = [apns, fcm]
+        d = s.dispatch
+        backoff = Backoff(d.retry_base_s, d.retry_cap_s, d.max_attempts, d.retry_deadline_s)
+        workers: list[SendWorker | FanoutWorker] = [
+            SendWorker("ios", self.queue.tube("ios"), apns, self.store, self.broadcasts, backoff, d.batch,
+                       d.loops_per_platform),
+            SendWorker("android", self.queue.tube("android"), fcm, self.store, self.broadcasts, backoff, d.batch,
+                       d.loops_per_platform),
+            FanoutWorker(self.queue, self.subscribers, self.broadcasts, d.fanout_page, d.high_water),
+        ]
+        self._workers = [asyncio.create_task(w.run(self._stop)) for w in workers]
+        if s.api.keys is None:
+            self.api_keys = {"dev-" + secrets.token_urlsafe(18): {"admin", "backend"}}
+        else:
+            self.api_keys = {k.key.get_secret_value(): set(k.scopes) for k in s.api.keys}
+        api = Api(s.api, self.api_keys, self.queue, self.subscribers, self.broadcasts)
+        self._runner = web.AppRunner(api.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, s.api.host, s.api.port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.api_port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    async def _gateway_settings(self) -> tuple[ApnsSettings, FcmSettings]:
+        s = self.settings
+        if s.apns is not None and s.fcm is not None:
+            return s.apns, s.fcm
+        self.fakes = FakeGateways(Path(s.node.data_dir) / "fakes")
+        await self.fakes.start()
+        c = self.fakes.credentials
+        log.info("no credentials for %s: sending to the fake gateways",
+                 " and ".join(n for n, v in (("APNs", s.apns), ("FCM", s.fcm)) if v is None))
+        apns = s.apns or ApnsSettings(key_path=c.apns_key_path, key_id=c.apns_key_id, team_id=c.apns_team_id,
+                                      topic="com.example.news", endpoint=f"127.0.0.1:{self.fakes.ports['apns']}",
+                                      ca_path=c.ca_path)
+        fcm = s.fcm or FcmSettings(service_account_path=c.fcm_service_account_path, ca_path=c.ca_path,
+                                   endpoint=f"https://127.0.0.1:{self.fakes.ports['fcm']}")
+        return apns, fcm
+
+    async def seed_demo_devices(self) -> int:
+        """Puts demo devices in when the node has none; returns how many."""
+        rows, cursor = await self.subscribers.page(None, 1)
+        count = self.settings.dispatch.demo_devices
+        if rows or cursor is not None or count == 0:
+            return 0
+        regs = [
+            Registration(f"{i:064x}" if i % 2 == 0 else f"demo-android-{i:08d}:" + "A" * 120,
+                         f"demo-user-{i // 2:06d}", "ios" if i % 2 == 0 else "android", "news",
+                         (DEMO_TOPICS[i % len(DEMO_TOPICS)],), DEMO_ZONES[i % len(DEMO_ZONES)])
+            for i in range(count)
+        ]
+        for start in range(0, len(regs), 1000):
+            await self.subscribers.put_many(regs[start:start + 1000])
+        return count
+
+    async def stop(self) -> None:
+        """Stop taking work, let pushes in flight finish (up to drain_timeout_s),
+        then close everything."""
+        self._stop.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._workers:
+            done, pending = await asyncio.wait(self._workers, timeout=self.settings.dispatch.drain_timeout_s)
+            for task in pending:
+                task.cancel()
+            for task in done:
+                if task.exception() is not None:
+                    log.error("worker failed: %r", task.exception())
+        for sender in self._senders:
+            await sender.close()
+        if self.fakes is not None:
+            await self.fakes.stop()
+        await self.store.close()
+        if self.tarantool is not None:
+            await asyncio.to_thread(self.tarantool.stop)

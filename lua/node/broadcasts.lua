@@ -1,0 +1,121 @@
+-- Broadcasts and their progress (replicated spaces).
+--
+-- A broadcast's id derives from its idempotency key (the caller's job), so
+-- two nodes creating "the same" broadcast write the same key and the
+-- version rule keeps one row. Progress is one row per (broadcast, node):
+-- each node writes only its own, so replication never conflicts, and
+-- readers sum the rows.
+local schema = require('node.schema')
+local versioned = require('node.versioned')
+
+local B = schema.BROADCAST
+local P = schema.PROGRESS
+local B_VERSION = schema.VERSIONED.broadcast
+local P_VERSION = schema.VERSIONED.progress
+local STATES = {scheduled = true, running = true, done = true, cancelled = true}
+
+local M = {node_name = 'node1'}
+
+local function fail(fmt, ...)
+    error(string.format('broadcast: ' .. fmt, ...), 0)
+end
+
+-- Creates the broadcast unless one with this id exists, and in the same
+-- transaction puts its first fan-out task ({data, delay_s}) into the
+-- `fanout` tube, so a broadcast never exists without a way to start.
+-- Returns the row and whether it was created now.
+function M.create(id, idempotency_key, state, spec, first_task)
+    if type(id) ~= 'string' or id == '' then
+        fail('id must be a non-empty string')
+    end
+    if not STATES[state] then
+        fail('unknown state %s', tostring(state))
+    end
+    local old = box.space.broadcast:get(id)
+    if old ~= nil then
+        return old, false
+    end
+    local row
+    box.atomic(function()
+        row = box.space.broadcast:replace({id, idempotency_key, state, require('fiber').time(),
+                                           versioned.next_version(nil, B_VERSION), M.node_name,
+                                           setmetatable(spec or {}, {__serialize = 'map'})})
+        if first_task ~= nil then
+            queue.tube.fanout:put(first_task[1], {delay = first_task[2]})
+        end
+    end)
+    return row, true
+end
+
+function M.get(id)
+    return box.space.broadcast:get(id)
+end
+
+-- Newest first, up to `limit`, created strictly before `before` (epoch s).
+function M.list(limit, before)
+    local out = {}
+    local key, iterator = {}, 'REQ'
+    if before ~= nil then
+        key, iterator = {before}, 'LT'
+    end
+    for _, t in box.space.broadcast.index.created:pairs(key, {iterator = iterator}) do
+        table.insert(out, t)
+        if #out >= limit then
+            break
+        end
+    end
+    return out
+end
+
+-- Moves the broadcast to `state` unless it is already done or cancelled.
+-- Returns the row as it is after the call.
+function M.set_state(id, state)
+    if not STATES[state] then
+        fail('unknown state %s', tostring(state))
+    end
+    local old = box.space.broadcast:get(id)
+    if old == nil then
+        fail('no broadcast %s', tostring(id))
+    end
+    if old[B.state] == 'cancelled' or (old[B.state] == 'done' and state ~= 'cancelled') then
+        return old
+    end
+    return box.space.broadcast:update(id, {
+        {'=', B.state, state},
+        {'=', B.updated, versioned.next_version(old, B_VERSION)},
+        {'=', B.origin, M.node_name},
+    })
+end
+
+-- Adds `delta` ({counter = n}) to this node's progress row of each
+-- broadcast in `deltas` ({broadcast_id = delta}), in one transaction.
+function M.progress_add(deltas)
+    box.atomic(function()
+        for broadcast_id, delta in pairs(deltas) do
+            local key = {broadcast_id, M.node_name}
+            local old = box.space.progress:get(key)
+            local counters = old and table.copy(old[P.counters]) or {}
+            for name, n in pairs(delta) do
+                counters[name] = (counters[name] or 0) + n
+            end
+            box.space.progress:replace({broadcast_id, M.node_name, setmetatable(counters, {__serialize = 'map'}),
+                                        versioned.next_version(old, P_VERSION), M.node_name})
+        end
+    end)
+    return true
+end
+
+-- Every node's counters for the broadcast, summed, and per node.
+function M.progress(broadcast_id)
+    local total = setmetatable({}, {__serialize = 'map'})
+    local nodes = setmetatable({}, {__serialize = 'map'})
+    for _, t in box.space.progress:pairs({broadcast_id}) do
+        nodes[t[P.node]] = t[P.counters]
+        for name, n in pairs(t[P.counters]) do
+            total[name] = (total[name] or 0) + n
+        end
+    end
+    return total, nodes
+end
+
+return M

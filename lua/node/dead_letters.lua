@@ -1,0 +1,35 @@
+-- Dead letters: pushes that will not be delivered (permanent gateway
+-- errors, retries exhausted), kept node-local with their last reason so an
+-- operator can see why, and resend if the cause is fixed.
+local fiber = require('fiber')
+
+local M = {}
+
+-- items: array of {tube, reason, data}. Returns how many were stored.
+function M.put_many(items)
+    local space = box.space.dead_letter
+    local last = space.index.id:max()
+    local id = last and last[1] + 1 or 1
+    local now = math.floor(fiber.time() * 1000)
+    box.atomic(function()
+        for _, item in ipairs(items) do
+            space:insert({id, now, tostring(item[1]), tostring(item[2]), item[3]})
+            id = id + 1
+        end
+    end)
+    return #items
+end
+
+-- The newest `limit` dead letters.
+function M.list(limit)
+    local out = {}
+    for _, t in box.space.dead_letter.index.id:pairs({}, {iterator = 'REQ'}) do
+        table.insert(out, t)
+        if #out >= limit then
+            break
+        end
+    end
+    return out
+end
+
+return M
