@@ -17,8 +17,7 @@ from dispatcher.config import Settings, load_settings
 from dispatcher.errors import ConfigError, DispatcherError
 from dispatcher.fakes.faults import Faults
 from dispatcher.fakes.gateways import FakeGateways
-from dispatcher.store import Store
-from dispatcher.tarantool_process import TarantoolProcess
+from dispatcher.service import Dispatcher
 
 log = logging.getLogger("dispatcher")
 
@@ -30,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
         help="TOML settings file (default: $DISPATCHER_CONFIG, else built-in defaults)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="run this node (its Tarantool too, when embedded)")
+    commands.add_parser("run", help="run this node: Tarantool (when embedded), workers, HTTP API")
     commands.add_parser("check-config", help="validate the settings and print them")
     fakes = commands.add_parser("fake-gateways", help="run the fake APNs and FCM (and FCM's OAuth endpoint)")
     fakes.add_argument("--dir", type=Path, default=Path("data/fakes"), help="where keys and the CA are written")
@@ -53,30 +52,65 @@ def _stop_on_signals() -> asyncio.Event:
 
 async def _run(settings: Settings) -> None:
     stop = _stop_on_signals()
-    tarantool = TarantoolProcess(settings) if settings.node.embedded else None
-    store = Store(settings.tarantool)
+    node = Dispatcher(settings)
     try:
-        if tarantool is not None:
-            log.info("starting Tarantool for node %s in %s", settings.node.name, settings.node.data_dir)
-            await asyncio.to_thread(tarantool.start)
+        log.info("starting node %s (data in %s)", settings.node.name, settings.node.data_dir)
+        await node.start()
         if stop.is_set():
             return
-        info = await store.connect()
-        admin = settings.node.data_dir.resolve() / "admin.sock"
-        print(
-            f"node {info['name']} is up (schema version {info['schema_version']})\n"
-            f"  Tarantool:     {settings.tarantool.address}, user {settings.tarantool.user!r}\n"
-            + (f"  admin console: tarantoolctl connect {admin}\n" if tarantool else "")
-            + (f"  log:           {tarantool.log_path}\n" if tarantool else "")
-            + "  Ctrl-C stops it.",
-            flush=True,
-        )
+        seeded = await node.seed_demo_devices()
+        print(_banner(node, seeded), flush=True)
+        progress = asyncio.create_task(_show_progress(node, stop))
         await stop.wait()
+        progress.cancel()
     finally:
-        await store.close()
-        if tarantool is not None:
-            log.info("stopping Tarantool")
-            await asyncio.to_thread(tarantool.stop)
+        log.info("stopping: finishing pushes in flight")
+        await node.stop()
+
+
+def _banner(node: Dispatcher, seeded: int) -> str:
+    s = node.settings
+    api = f"http://{s.api.host}:{node.api_port}"
+    key = next(iter(node.api_keys)) if s.api.keys is None else "<one of api.keys>"
+    lines = [
+        f"node {s.node.name} is up",
+        f"  Tarantool:  {s.tarantool.address}, user {s.tarantool.user!r}",
+        f"  HTTP API:   {api}  (OpenAPI at {api}/v1/openapi.json, metrics at {api}/metrics)",
+        f"  API key:    {key}" + ("  (made for this run: scopes admin and backend)" if s.api.keys is None else ""),
+    ]
+    if node.fakes is not None:
+        lines.append(f"  gateways:   fake (stats at http://127.0.0.1:{node.fakes.ports['stats']}/stats)")
+    if node.tarantool is not None:
+        lines.append(f"  console:    tarantoolctl connect {s.node.data_dir.resolve() / 'admin.sock'}")
+    if seeded:
+        lines.append(f"  demo:       {seeded} demo devices registered (app 'news')")
+    spec = '{"message": {"title": "Hello", "body": "from the dispatcher"}, "audience": {"app": "news"}}'
+    lines += [
+        "Start a broadcast:",
+        f"  curl -s -X POST {api}/v1/broadcasts -H 'Authorization: Bearer {key}' "
+        f"-H 'Idempotency-Key: demo-1' -H 'Content-Type: application/json' -d '{spec}'",
+        "Ctrl-C stops it.",
+    ]
+    return "\n".join(lines)
+
+
+async def _show_progress(node: Dispatcher, stop: asyncio.Event) -> None:
+    """Prints the progress of running broadcasts while they change."""
+    last: dict[str, tuple[str, int]] = {}
+    while not stop.is_set():
+        await asyncio.sleep(2)
+        try:
+            for b in await node.broadcasts.list(5):
+                p = await node.broadcasts.progress(b.id)
+                state = "done" if p.get("fanout_done") and p["pending"] == 0 else b.state
+                now = (state, p["delivered"] + p["dead_tokens"] + p["failed"] + p["expired"])
+                if last.get(b.id) != now and (b.state == "running" or b.id in last):
+                    print(f"broadcast {b.id} [{state}]: {p['delivered']} delivered of {p['targeted']} targeted, "
+                          f"{p['dead_tokens']} dead tokens, {p['failed']} failed, {p['pending']} pending",
+                          flush=True)
+                    last[b.id] = now
+        except DispatcherError as e:
+            log.warning("progress: %s", e)
 
 
 async def _run_fakes(args: argparse.Namespace) -> None:

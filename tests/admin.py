@@ -1,16 +1,18 @@
 """A minimal client of a node's admin console (the unix socket in its data
-directory): send a Lua chunk, get its results back, decoded from YAML-ish
-text only as far as the tests need (numbers, strings, booleans)."""
+directory): send a line of Lua, get its results back (the console answers
+in YAML)."""
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 
-def console(data_dir: Path, lua: str, timeout_s: float = 10.0) -> list[str]:
-    """Runs `lua` (one line) on the node's console; returns its results as the
-    console prints them, one string per value."""
+def console(data_dir: Path, lua: str, timeout_s: float = 10.0) -> list[Any]:
+    """Runs `lua` (one line) on the node's console; returns its results."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout_s)
         s.connect(str(data_dir / "admin.sock"))
@@ -24,8 +26,7 @@ def console(data_dir: Path, lua: str, timeout_s: float = 10.0) -> list[str]:
             if not chunk:
                 break
             reply += chunk
-    lines = reply.decode().splitlines()
-    values = [line[2:] for line in lines if line.startswith("- ")]
-    if any(v.startswith("error:") for v in values):
+    values: list[Any] = yaml.safe_load(reply.decode()) or []
+    if any(isinstance(v, dict) and "error" in v for v in values):
         raise AssertionError(f"console error: {reply.decode()}")
     return values

@@ -29,14 +29,23 @@ def port_open(port: int) -> bool:
 
 
 def test_run_starts_the_node_prints_how_to_reach_it_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    port = free_port()
-    env = {"DISPATCHER_TARANTOOL__PORT": str(port), "DISPATCHER_TARANTOOL__PASSWORD": TEST_PASSWORD}
+    port, api_port = free_port(), free_port()
+    env = {"DISPATCHER_TARANTOOL__PORT": str(port), "DISPATCHER_TARANTOOL__PASSWORD": TEST_PASSWORD,
+           "DISPATCHER_API__PORT": str(api_port), "DISPATCHER_DISPATCH__DEMO_DEVICES": "50"}
     proc = dispatcher("run", cwd=tmp_path, env=env)
     try:
         assert proc.stdout is not None
-        lines = [proc.stdout.readline() for _ in range(2)]
+        lines = [proc.stdout.readline() for _ in range(10)]
         assert lines[0].startswith("node node1 is up"), lines
         assert f"127.0.0.1:{port}" in lines[1]
+        assert f"http://127.0.0.1:{api_port}" in lines[2]
+        assert any("50 demo devices" in line for line in lines)
+        curl = next(line for line in lines if "curl" in line)
+        # The printed example works as printed.
+        run = subprocess.run(curl.strip(), shell=True, capture_output=True, text=True, timeout=30)
+        assert '"state"' in run.stdout and '"progress"' in run.stdout, run.stdout + run.stderr
+        progress = proc.stdout.readline()
+        assert progress.startswith("broadcast b_"), progress
         assert port_open(port)
         assert (tmp_path / "data" / "tarantool.log").exists(), "data goes to ./data by default"
         proc.send_signal(signal.SIGINT)

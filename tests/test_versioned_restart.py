@@ -15,7 +15,7 @@ def test_rule_survives_a_restart(settings: Settings, tarantool: TarantoolProcess
     tarantool.kill()
     tarantool.start()
     for space in ("subscriber", "broadcast", "progress"):
-        assert console(data, f"return #box.space.{space}:before_replace()") == ["1"], space
+        assert console(data, f"return #box.space.{space}:before_replace()") == [1], space
     # An older version arriving after the restart (as from a lagging peer) loses.
     console(data, "box.space.subscriber:replace(" + row % ("older", 1000, "node3") + ")")
     assert console(data, "return box.space.subscriber:get('tok').app") == ["newer"]
