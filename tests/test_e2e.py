@@ -43,8 +43,8 @@ async def node(tmp_path: Path) -> AsyncIterator[Dispatcher]:
 
 
 class Client:
-    def __init__(self, node: Dispatcher, http: aiohttp.ClientSession) -> None:
-        self.base = f"http://127.0.0.1:{node.api_port}"
+    def __init__(self, base: str | Dispatcher, http: aiohttp.ClientSession) -> None:
+        self.base = base if isinstance(base, str) else f"http://127.0.0.1:{base.api_port}"
         self.http = http
 
     async def call(self, method: str, path: str, key: str | None = ADMIN, **kw: Any) -> tuple[int, Any]:

@@ -19,7 +19,8 @@ from dispatcher.fakes.faults import Faults
 from dispatcher.fakes.gateways import FakeGateways
 from dispatcher.fanout import local_delay_s
 from dispatcher.service import Dispatcher
-from dispatcher.subscribers import Registration
+from dispatcher.store import Store
+from dispatcher.subscribers import Registration, Subscribers
 from dispatcher.tarantool_process import TarantoolProcess
 from tests.admin import console
 from tests.conftest import TEST_PASSWORD, apns_token, fcm_token, free_port, node_settings
@@ -151,12 +152,9 @@ in_flight = 50
     try:
         first = await start_dispatcher()
         async with aiohttp.ClientSession() as http:
-            api = Client.__new__(Client)
-            api.base, api.http = f"http://127.0.0.1:{api_port}", http
+            api = Client(f"http://127.0.0.1:{api_port}", http)
             regs = [Registration(apns_token(i) if i % 2 == 0 else fcm_token(i), f"u{i}",
                                  "ios" if i % 2 == 0 else "android", "news") for i in range(3000)]
-            from dispatcher.store import Store
-            from dispatcher.subscribers import Subscribers
             store = Store(settings.tarantool)
             await store.connect()
             try:
@@ -166,7 +164,9 @@ in_flight = 50
             finally:
                 await store.close()
             started = await start_broadcast(api, "survive")
-            while sum(fakes.apns.counters.accepted.values()) + sum(fakes.fcm.counters.accepted.values()) < 600:
+            for _ in range(1200):  # until a fifth has gone out, 60 s at most
+                if sum(fakes.apns.counters.accepted.values()) + sum(fakes.fcm.counters.accepted.values()) >= 600:
+                    break
                 await asyncio.sleep(0.05)
             first.send_signal(signal.SIGKILL)
             await first.wait()

@@ -1,0 +1,128 @@
+"""A broadcast end to end on one node: devices delivered per second, and CPU
+microseconds per delivered push of the dispatcher process and of Tarantool
+(read from /proc), the fakes' CPU reported apart.
+
+    .venv/bin/python -m bench.e2e [--devices 200000]
+
+Three processes besides this one, as in production: Tarantool, `dispatcher
+run` (not embedded) and `dispatcher fake-gateways`. Half the devices are
+iOS, half Android.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import uvloop
+from pydantic import SecretStr
+
+from bench.senders import Fakes, cpu_seconds, free_port
+from dispatcher.config import NodeSettings, Settings, TarantoolSettings
+from dispatcher.store import Store
+from dispatcher.subscribers import Registration, Subscribers
+from dispatcher.tarantool_process import TarantoolProcess
+
+KEY = "bench-admin-key-0123456789"
+
+
+def config(tmp: Path, settings: Settings, fakes: Fakes, api_port: int) -> Path:
+    path = tmp / "dispatcher.toml"
+    path.write_text(f"""
+[node]
+name = "bench"
+embedded = false
+data_dir = "{settings.node.data_dir}"
+[tarantool]
+port = {settings.tarantool.port}
+password = "bench-password"
+[api]
+port = {api_port}
+keys = [{{key = "{KEY}", scopes = ["admin"]}}]
+[dispatch]
+demo_devices = 0
+[apns]
+key_path = "{next(fakes.dir.glob('AuthKey_*.p8'))}"
+key_id = "{fakes.key_id}"
+team_id = "{fakes.team_id}"
+topic = "com.example.news"
+endpoint = "127.0.0.1:{fakes.ports['apns']}"
+ca_path = "{fakes.dir / 'ca.pem'}"
+[fcm]
+service_account_path = "{fakes.dir / 'fcm-service-account.json'}"
+endpoint = "https://127.0.0.1:{fakes.ports['fcm']}"
+ca_path = "{fakes.dir / 'ca.pem'}"
+""")
+    return path
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=200_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        settings = Settings(node=NodeSettings(name="bench", data_dir=tmp / "node", memtx_memory_mb=1024),
+                            tarantool=TarantoolSettings(port=free_port(), password=SecretStr("bench-password")))
+        tarantool = TarantoolProcess(settings)
+        tarantool.start()
+        fakes = Fakes(tmp / "fakes")
+        api_port = free_port()
+        dispatcher = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "dispatcher", "--config", str(config(tmp, settings, fakes, api_port)), "run",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        try:
+            assert dispatcher.stdout is not None
+            await dispatcher.stdout.readline()
+            store = Store(settings.tarantool)
+            await store.connect()
+            subscribers = Subscribers(store)
+            started = time.monotonic()
+            for start in range(0, args.devices, 2000):
+                await subscribers.put_many([
+                    Registration(f"{i:064x}" if i % 2 == 0 else f"fcm-{i:010d}:" + "x" * 140, f"user-{i // 2}",
+                                 "ios" if i % 2 == 0 else "android", "news")
+                    for i in range(start, min(start + 2000, args.devices))])
+            print(f"registered {args.devices} devices in {time.monotonic() - started:.1f} s", file=sys.stderr)
+            assert tarantool.pid is not None
+            pids = {"dispatcher": dispatcher.pid, "tarantool": tarantool.pid, "fakes": fakes.proc.pid}
+            cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {KEY}"}) as http:
+                base = f"http://127.0.0.1:{api_port}"
+                spec = {"message": {"title": "Bench", "body": "One broadcast"}, "audience": {"app": "news"}}
+                started = time.monotonic()
+                async with http.post(f"{base}/v1/broadcasts", json=spec, headers={"Idempotency-Key": "bench"}) as r:
+                    broadcast = await r.json()
+                while True:
+                    await asyncio.sleep(0.5)
+                    async with http.get(f"{base}/v1/broadcasts/{broadcast['id']}") as r:
+                        status = await r.json()
+                    if status["state"] == "done":
+                        break
+            elapsed = time.monotonic() - started
+            cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
+            await store.close()
+        finally:
+            dispatcher.terminate()
+            await dispatcher.wait()
+            fakes.stop()
+            tarantool.stop()
+    delivered = status["progress"]["delivered"]
+    print(f"\nMachine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}\n")
+    print("| devices | delivered | seconds | delivered/s | dispatcher CPU µs/push | Tarantool CPU µs/push "
+          "| fakes CPU µs/push |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {args.devices:,} | {delivered:,} | {elapsed:.1f} | {delivered / elapsed:,.0f} | "
+          f"{cpu['dispatcher'] / delivered * 1e6:.0f} | {cpu['tarantool'] / delivered * 1e6:.0f} | "
+          f"{cpu['fakes'] / delivered * 1e6:.0f} |")
+
+
+if __name__ == "__main__":
+    uvloop.run(main())
