@@ -24,7 +24,8 @@ import aiohttp
 import uvloop
 from pydantic import SecretStr
 
-from bench.senders import Fakes, cpu_seconds, free_port
+from bench.common import cpu_seconds, free_port
+from bench.senders import Fakes
 from dispatcher.config import NodeSettings, Settings, TarantoolSettings
 from dispatcher.store import Store
 from dispatcher.subscribers import Registration, Subscribers

@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from bench.common import cpu_seconds, free_port
 from dispatcher.config import NodeSettings, Settings, TarantoolSettings
 from dispatcher.queue import Queue, Tube
 from dispatcher.store import Store
@@ -36,7 +36,6 @@ TASKS = {
     "map": {"b": "broadcast-0001", "t": "a" * 64, "p": "ios", "a": 0},
 }
 TASK: object = TASKS["array"]
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -49,17 +48,6 @@ class Result:
     tasks_per_s: float
     client_cpu_us_per_task: float
     tarantool_cpu_us_per_task: float
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def single_worker(tube: Tube, stop_at: float) -> int:

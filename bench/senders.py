@@ -18,7 +18,6 @@ import os
 import platform
 import pstats
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,26 +28,15 @@ from pathlib import Path
 
 import uvloop
 
+from bench.common import cpu_seconds, free_port
 from dispatcher.apns import ApnsSender
 from dispatcher.config import ApnsSettings, FcmSettings
 from dispatcher.fcm import FcmSender
 from dispatcher.push import Outcome, Push
 
-TICKS = os.sysconf("SC_CLK_TCK")
 APNS_PAYLOAD = {"aps": {"alert": {"title": "Breaking news", "body": "Something happened somewhere"}}}
 FCM_PAYLOAD = {"notification": {"title": "Breaking news", "body": "Something happened somewhere"},
                "data": {"broadcast": "b-0001"}}
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Fakes:

@@ -6,17 +6,22 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import pytest
 from pydantic import SecretStr
 
 from dispatcher.config import ApnsSettings, FcmSettings, NodeSettings, Settings, TarantoolSettings
 from dispatcher.fakes.gateways import FakeGateways
 from dispatcher.queue import Queue
+from dispatcher.service import Dispatcher
 from dispatcher.store import Store
 from dispatcher.subscribers import Subscribers
 from dispatcher.tarantool_process import TarantoolProcess
+
+if TYPE_CHECKING:
+    from tests.e2e import Client
 
 TEST_PASSWORD = "test-password-123"
 
@@ -112,3 +117,25 @@ def apns_token(n: int) -> str:
 
 def fcm_token(n: int) -> str:
     return f"fcm-token-{n:08d}:" + "A" * 120
+
+
+# --- a whole node (Tarantool, workers, API) for end-to-end tests ---
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Dispatcher]:
+    from tests.e2e import settings_for
+
+    d = Dispatcher(settings_for(tmp_path))
+    await d.start()
+    try:
+        yield d
+    finally:
+        await d.stop()
+
+
+@pytest.fixture
+async def api(node: Dispatcher) -> AsyncIterator[Client]:
+    from tests.e2e import Client
+
+    async with aiohttp.ClientSession() as http:
+        yield Client(node, http)

@@ -9,11 +9,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from dispatcher.fakes.faults import Faults
 from dispatcher.fakes.gateways import FakeGateways
@@ -24,17 +22,7 @@ from dispatcher.subscribers import Registration, Subscribers
 from dispatcher.tarantool_process import TarantoolProcess
 from tests.admin import console
 from tests.conftest import TEST_PASSWORD, apns_token, fcm_token, free_port, node_settings
-from tests.test_e2e import ADMIN, Client, settings_for, start_broadcast, wait_done
-
-
-@pytest.fixture
-async def node(tmp_path: Path) -> AsyncIterator[Dispatcher]:
-    d = Dispatcher(settings_for(tmp_path))
-    await d.start()
-    try:
-        yield d
-    finally:
-        await d.stop()
+from tests.test_e2e import ADMIN, Client, start_broadcast, wait_done
 
 
 async def test_expired_pushes_are_dropped_not_sent(node: Dispatcher) -> None:
@@ -88,20 +76,11 @@ async def test_local_time_broadcast_delays_each_zone(node: Dispatcher) -> None:
         assert abs(by_token[apns_token(i)] - expected) < 5
 
 
-@pytest.fixture
-async def fakes(tmp_path: Path) -> AsyncIterator[FakeGateways]:
-    g = FakeGateways(tmp_path / "fakes")
-    await g.start()
-    try:
-        yield g
-    finally:
-        await g.stop()
-
-
-async def test_kill_9_of_the_dispatcher_mid_broadcast(tmp_path: Path, fakes: FakeGateways) -> None:
+async def test_kill_9_of_the_dispatcher_mid_broadcast(tmp_path: Path, gateways: FakeGateways) -> None:
     """Tarantool runs on; the dispatcher dies with pushes in flight and comes
     back: every device gets the push at least once, and duplicates stay
     within what was in flight."""
+    fakes = gateways
     settings = node_settings(tmp_path / "node")
     tarantool = TarantoolProcess(settings)
     tarantool.start()
