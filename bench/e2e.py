@@ -26,7 +26,15 @@ from pydantic import SecretStr
 
 from bench.common import cpu_seconds, free_port
 from bench.senders import Fakes
-from dispatcher.config import NodeSettings, Settings, TarantoolSettings
+from dispatcher.config import (
+    ApiKey,
+    ApiSettings,
+    DispatchSettings,
+    NodeSettings,
+    Settings,
+    TarantoolSettings,
+    to_toml,
+)
 from dispatcher.store import Store
 from dispatcher.subscribers import Registration, Subscribers
 from dispatcher.tarantool_process import TarantoolProcess
@@ -36,31 +44,13 @@ KEY = "bench-admin-key-0123456789"
 
 def config(tmp: Path, settings: Settings, fakes: Fakes, api_port: int) -> Path:
     path = tmp / "dispatcher.toml"
-    path.write_text(f"""
-[node]
-name = "bench"
-embedded = false
-data_dir = "{settings.node.data_dir}"
-[tarantool]
-port = {settings.tarantool.port}
-password = "bench-password"
-[api]
-port = {api_port}
-keys = [{{key = "{KEY}", scopes = ["admin"]}}]
-[dispatch]
-demo_devices = 0
-[apns]
-key_path = "{next(fakes.dir.glob('AuthKey_*.p8'))}"
-key_id = "{fakes.key_id}"
-team_id = "{fakes.team_id}"
-topic = "com.example.news"
-endpoint = "127.0.0.1:{fakes.ports['apns']}"
-ca_path = "{fakes.dir / 'ca.pem'}"
-[fcm]
-service_account_path = "{fakes.dir / 'fcm-service-account.json'}"
-endpoint = "https://127.0.0.1:{fakes.ports['fcm']}"
-ca_path = "{fakes.dir / 'ca.pem'}"
-""")
+    path.write_text(to_toml(settings.model_copy(update={
+        "node": settings.node.model_copy(update={"embedded": False}),
+        "api": ApiSettings(port=api_port, keys=[ApiKey(key=KEY, scopes=["admin"])]),  # type: ignore[arg-type]
+        "dispatch": DispatchSettings(demo_devices=0),
+        "apns": fakes.credentials.apns_settings(fakes.ports["apns"]),
+        "fcm": fakes.credentials.fcm_settings(fakes.ports["fcm"]),
+    })))
     return path
 
 

@@ -31,6 +31,7 @@ import uvloop
 from bench.common import cpu_seconds, free_port
 from dispatcher.apns import ApnsSender
 from dispatcher.config import ApnsSettings, FcmSettings
+from dispatcher.fakes.credentials import FakeCredentials
 from dispatcher.fcm import FcmSender
 from dispatcher.push import Outcome, Push
 
@@ -48,18 +49,14 @@ class Fakes:
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert self.proc.stdout is not None
         text = "".join(self.proc.stdout.readline() for _ in range(5))
-        self.key_id, self.team_id = re.search(r"key id (\w+), team id (\w+)", text).groups()  # type: ignore[union-attr]
-        self.dir = directory
+        key_id, team_id = re.search(r"key id (\w+), team id (\w+)", text).groups()  # type: ignore[union-attr]
+        self.credentials = FakeCredentials.from_directory(directory, key_id, team_id)
 
     def apns(self, connections: int, in_flight: int) -> ApnsSettings:
-        return ApnsSettings(key_path=next(self.dir.glob("AuthKey_*.p8")), key_id=self.key_id, team_id=self.team_id,
-                            topic="com.example.news", endpoint=f"127.0.0.1:{self.ports['apns']}",
-                            ca_path=self.dir / "ca.pem", connections=connections, in_flight=in_flight)
+        return self.credentials.apns_settings(self.ports["apns"], connections=connections, in_flight=in_flight)
 
     def fcm(self, connections: int, in_flight: int) -> FcmSettings:
-        return FcmSettings(service_account_path=self.dir / "fcm-service-account.json",
-                           endpoint=f"https://127.0.0.1:{self.ports['fcm']}", ca_path=self.dir / "ca.pem",
-                           connections=connections, in_flight=in_flight)
+        return self.credentials.fcm_settings(self.ports["fcm"], connections=connections, in_flight=in_flight)
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -9,6 +9,7 @@ single local node: its own Tarantool on 127.0.0.1:3301, data in ``./data``.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -210,6 +211,34 @@ class Settings(BaseSettings):
                 "when tarantool.host is a loopback address; set a password of your own"
             )
         return self
+
+
+def to_toml(settings: Settings) -> str:
+    """The settings as a config file (secrets in clear; defaults left out), for
+    tools and tests that start a node from a file."""
+    lines: list[str] = []
+    for section, model in settings:
+        if not isinstance(model, BaseModel):
+            continue
+        values = model.model_dump(exclude_defaults=True, exclude_none=True)
+        if values:
+            lines.append(f"[{section}]")
+            lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple | set):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
 
 
 def _is_loopback(host: str) -> bool:

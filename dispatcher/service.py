@@ -87,11 +87,8 @@ class Dispatcher:
         c = self.fakes.credentials
         log.info("no credentials for %s: sending to the fake gateways",
                  " and ".join(n for n, v in (("APNs", s.apns), ("FCM", s.fcm)) if v is None))
-        apns = s.apns or ApnsSettings(key_path=c.apns_key_path, key_id=c.apns_key_id, team_id=c.apns_team_id,
-                                      topic="com.example.news", endpoint=f"127.0.0.1:{self.fakes.ports['apns']}",
-                                      ca_path=c.ca_path)
-        fcm = s.fcm or FcmSettings(service_account_path=c.fcm_service_account_path, ca_path=c.ca_path,
-                                   endpoint=f"https://127.0.0.1:{self.fakes.ports['fcm']}")
+        apns = s.apns or c.apns_settings(self.fakes.ports["apns"])
+        fcm = s.fcm or c.fcm_settings(self.fakes.ports["fcm"])
         return apns, fcm
 
     async def seed_demo_devices(self) -> int:

@@ -93,22 +93,11 @@ async def gateways(tmp_path: Path) -> AsyncIterator[FakeGateways]:
 
 
 def apns_settings_for(fakes: FakeGateways, **overrides: Any) -> ApnsSettings:
-    c = fakes.credentials
-    fields: dict[str, Any] = {
-        "key_path": c.apns_key_path, "key_id": c.apns_key_id, "team_id": c.apns_team_id,
-        "topic": "com.example.news", "endpoint": f"127.0.0.1:{fakes.ports['apns']}", "ca_path": c.ca_path,
-        "request_timeout_s": 5,
-    }
-    return ApnsSettings(**{**fields, **overrides})
+    return fakes.credentials.apns_settings(fakes.ports["apns"], **{"request_timeout_s": 5, **overrides})
 
 
 def fcm_settings_for(fakes: FakeGateways, **overrides: Any) -> FcmSettings:
-    c = fakes.credentials
-    fields: dict[str, Any] = {
-        "service_account_path": c.fcm_service_account_path, "endpoint": f"https://127.0.0.1:{fakes.ports['fcm']}",
-        "ca_path": c.ca_path, "request_timeout_s": 5,
-    }
-    return FcmSettings(**{**fields, **overrides})
+    return fakes.credentials.fcm_settings(fakes.ports["fcm"], **{"request_timeout_s": 5, **overrides})
 
 
 def apns_token(n: int) -> str:

@@ -67,3 +67,20 @@ def test_errors_name_the_setting(tmp_path: Path, text: str, message: str) -> Non
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"config file .*nope.toml does not exist"):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_to_toml_round_trip(tmp_path: Path) -> None:
+    from pydantic import SecretStr
+
+    from dispatcher.config import ApiKey, ApiSettings, ApnsSettings, Settings, TarantoolSettings, to_toml
+
+    settings = Settings(
+        tarantool=TarantoolSettings(port=4100, password=SecretStr("a-secret-password")),
+        api=ApiSettings(keys=[ApiKey(key=SecretStr("k" * 20), scopes=["admin", "backend"])]),
+        apns=ApnsSettings(cert_path=tmp_path / "c.pem", topic="com.example.news", bad_token_removes=False),
+    )
+    path = tmp_path / "round.toml"
+    path.write_text(to_toml(settings))
+    again = load_settings(path)
+    assert again.model_dump() == settings.model_dump()
+    assert again.tarantool.password.get_secret_value() == "a-secret-password"

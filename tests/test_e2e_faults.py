@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 
+from dispatcher.config import ApiKey, ApiSettings, DispatchSettings, to_toml
 from dispatcher.fakes.faults import Faults
 from dispatcher.fakes.gateways import FakeGateways
 from dispatcher.fanout import local_delay_s
@@ -21,7 +22,7 @@ from dispatcher.store import Store
 from dispatcher.subscribers import Registration, Subscribers
 from dispatcher.tarantool_process import TarantoolProcess
 from tests.admin import console
-from tests.conftest import TEST_PASSWORD, apns_token, fcm_token, free_port, node_settings
+from tests.conftest import apns_token, fcm_token, free_port, node_settings
 from tests.test_e2e import ADMIN, Client, start_broadcast, wait_done
 
 
@@ -84,38 +85,15 @@ async def test_kill_9_of_the_dispatcher_mid_broadcast(tmp_path: Path, gateways: 
     settings = node_settings(tmp_path / "node")
     tarantool = TarantoolProcess(settings)
     tarantool.start()
-    c = fakes.credentials
     api_port = free_port()
     config = tmp_path / "dispatcher.toml"
-    config.write_text(f"""
-[node]
-name = "test"
-embedded = false
-data_dir = "{settings.node.data_dir}"
-[tarantool]
-port = {settings.tarantool.port}
-password = "{TEST_PASSWORD}"
-[api]
-port = {api_port}
-keys = [{{key = "{ADMIN}", scopes = ["admin"]}}]
-[dispatch]
-demo_devices = 0
-batch = 50
-loops_per_platform = 1
-[apns]
-key_path = "{c.apns_key_path}"
-key_id = "{c.apns_key_id}"
-team_id = "{c.apns_team_id}"
-topic = "com.example.news"
-endpoint = "127.0.0.1:{fakes.ports['apns']}"
-ca_path = "{c.ca_path}"
-in_flight = 50
-[fcm]
-service_account_path = "{c.fcm_service_account_path}"
-endpoint = "https://127.0.0.1:{fakes.ports['fcm']}"
-ca_path = "{c.ca_path}"
-in_flight = 50
-""")
+    config.write_text(to_toml(settings.model_copy(update={
+        "node": settings.node.model_copy(update={"embedded": False}),
+        "api": ApiSettings(port=api_port, keys=[ApiKey(key=ADMIN, scopes=["admin"])]),  # type: ignore[arg-type]
+        "dispatch": DispatchSettings(demo_devices=0, batch=50, loops_per_platform=1),
+        "apns": fakes.credentials.apns_settings(fakes.ports["apns"], in_flight=50),
+        "fcm": fakes.credentials.fcm_settings(fakes.ports["fcm"], in_flight=50),
+    })))
     fakes.apns.faults.set(Faults(slow_share=1.0, slow_s=0.02))
     fakes.fcm.faults.set(Faults(slow_share=1.0, slow_s=0.02))
 

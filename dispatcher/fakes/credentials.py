@@ -10,10 +10,13 @@ import secrets
 import string
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from dispatcher.config import ApnsSettings, FcmSettings
 
 _ID_CHARS = string.ascii_uppercase + string.digits
 
@@ -34,6 +37,13 @@ class FakeCredentials:
     fcm_service_account_path: Path
     fcm_project_id: str
 
+    @classmethod
+    def from_directory(cls, directory: Path, apns_key_id: str, apns_team_id: str) -> FakeCredentials:
+        """The credentials another process (``dispatcher fake-gateways``) wrote."""
+        return cls(directory, directory / "ca.pem", directory / "server.pem", directory / "apns-client.pem",
+                   directory / f"AuthKey_{apns_key_id}.p8", apns_key_id, apns_team_id,
+                   directory / "fcm-service-account.json", "fake-project")
+
     @property
     def apns_key_pem(self) -> str:
         return self.apns_key_path.read_text()
@@ -46,6 +56,19 @@ class FakeCredentials:
     def fcm_service_account(self) -> dict[str, str]:
         account: dict[str, str] = json.loads(self.fcm_service_account_path.read_text())
         return account
+
+    def apns_settings(self, port: int, **overrides: Any) -> ApnsSettings:
+        """Sender settings for the fake APNs on ``port`` with these keys."""
+        fields: dict[str, Any] = {"key_path": self.apns_key_path, "key_id": self.apns_key_id,
+                                  "team_id": self.apns_team_id, "topic": "com.example.news",
+                                  "endpoint": f"127.0.0.1:{port}", "ca_path": self.ca_path}
+        return ApnsSettings(**{**fields, **overrides})
+
+    def fcm_settings(self, port: int, **overrides: Any) -> FcmSettings:
+        """Sender settings for the fake FCM on ``port`` with this service account."""
+        fields: dict[str, Any] = {"service_account_path": self.fcm_service_account_path, "ca_path": self.ca_path,
+                                  "endpoint": f"https://127.0.0.1:{port}"}
+        return FcmSettings(**{**fields, **overrides})
 
     def set_token_uri(self, token_uri: str) -> None:
         """Points the service account at the fake OAuth endpoint (known only
