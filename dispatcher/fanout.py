@@ -9,8 +9,9 @@ Scheduling: ``send_at`` delays the first fan-out task (not each push);
 ``local_time`` ("08:00") delays each device's task to that hour in its own
 time zone, one ``put_many`` per (platform, zone) of a page.
 
-A crash between enqueuing a page and acking its step re-runs that step: at
-most one page is enqueued twice.
+A step (the page's send tasks, the progress counters, the next step's task
+and this step's ack) is one Tarantool transaction, so a crash re-runs a
+step that left nothing behind: each page is enqueued once.
 """
 
 from __future__ import annotations
@@ -101,15 +102,15 @@ class FanoutWorker:
             expires_at = now + delay + spec["ttl_s"]
             groups[(sub.platform, delay)].append(
                 SendTask("b", broadcast.id, sub.token, sub.platform, expires_at).wire())
-        for (platform, delay), items in groups.items():
-            await self.queue.tube(platform).put_many(items, delay_s=delay or None)
-            metrics.ENQUEUED.labels(platform).inc(len(items))
+        batches: list[tuple[str, float, list[Any]]] = [(p, d, items) for (p, d), items in groups.items()]
         counts = {"targeted": len(rows), "enqueued": len(rows)}
         if cursor is None:
             counts["fanout_done"] = 1
-        await self.broadcasts.add_progress({broadcast.id: counts})
-        if cursor is not None:
-            await self.tube.put({"b": broadcast.id, "after": list(cursor)})
-        else:
+        next_task = {"b": broadcast.id, "after": list(cursor)} if cursor is not None else None
+        # One transaction: the page's tasks, the progress, the next step and
+        # this step's ack; a crash re-runs the step with nothing enqueued.
+        await self.queue.store.call("node.fanout_step", (task.id, batches, {broadcast.id: counts}, next_task))
+        for platform, _, items in batches:
+            metrics.ENQUEUED.labels(platform).inc(len(items))
+        if cursor is None:
             metrics.BROADCASTS.labels("fanned_out").inc()
-        await self.tube.ack(task.id)

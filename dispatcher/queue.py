@@ -140,15 +140,15 @@ class Queue:
     """The node's tubes, by name."""
 
     def __init__(self, store: Store) -> None:
-        self._store = store
+        self.store = store
         self._tubes: dict[str, Tube] = {}
 
     def tube(self, name: str) -> Tube:
         if name not in self._tubes:
-            self._tubes[name] = Tube(self._store, name)
+            self._tubes[name] = Tube(self.store, name)
         return self._tubes[name]
 
     async def statistics(self) -> dict[str, Any]:
-        body = await self._store.call("queue.statistics")
+        body = await self.store.call("queue.statistics")
         stats: dict[str, Any] = body[0]
         return stats

@@ -160,17 +160,14 @@ class SendWorker:
                 counts["cancelled"] += 1
             metrics.PUSHES.labels(self.platform, result).inc()
         if dead_tokens:
+            # Before the ack: a crash here removes a device twice, never zero times.
             removed = await self.subscribers.remove_many(dead_tokens)
             metrics.DEAD_TOKENS.labels(self.platform).inc(removed)
-        if acks:
-            await self.tube.ack_many(acks)
-        if releases:
-            await self.tube.release_many(releases)
+        bury_rows = [[a.task.id, reason, {"task_id": a.task.id, "task": a.send.wire()}] for a, reason in buries]
+        release_rows = [[task_id, {"delay": delay, "data": data}] for task_id, delay, data in releases]
+        deltas = {k: dict(v) for k, v in progress.items() if v}
+        # One transaction: queue state and progress counters always agree.
+        await self.store.call("node.settle", (self.tube.name, acks, release_rows, bury_rows, deltas))
         if buries:
-            for a, _ in buries:
-                await self.tube.bury(a.task.id)
-            letters = [[self.tube.name, reason, {"task_id": a.task.id, "task": a.send.wire()}] for a, reason in buries]
-            await self.store.call("node.dead_letter_put_many", (letters,))
             metrics.DEAD_LETTERS.labels(self.platform).inc(len(buries))
             metrics.PUSHES.labels(self.platform, "failed").inc(len(buries))
-        await self.broadcasts.add_progress({k: dict(v) for k, v in progress.items() if v})

@@ -21,6 +21,7 @@ local access = require('node.access')
 local subscribers = require('node.subscribers')
 local broadcasts = require('node.broadcasts')
 local dead_letters = require('node.dead_letters')
+local dispatch = require('node.dispatch')
 -- Global, as tarantool/queue: clients call `queue.tube.<name>:<method>`.
 queue = require('queue')
 
@@ -86,6 +87,8 @@ node = {
     progress = broadcasts.progress,
     dead_letter_put_many = dead_letters.put_many,
     dead_letter_list = dead_letters.list,
+    settle = dispatch.settle,
+    fanout_step = dispatch.fanout_step,
     info = function()
         return {
             name = cfg.name,

@@ -14,6 +14,8 @@ local B_VERSION = schema.VERSIONED.broadcast
 local P_VERSION = schema.VERSIONED.progress
 local STATES = {scheduled = true, running = true, done = true, cancelled = true}
 
+local atomic = require('queue.state').atomic
+
 local M = {node_name = 'node1'}
 
 local function fail(fmt, ...)
@@ -36,7 +38,7 @@ function M.create(id, idempotency_key, state, spec, first_task)
         return old, false
     end
     local row
-    box.atomic(function()
+    atomic(function()
         row = box.space.broadcast:replace({id, idempotency_key, state, require('fiber').time(),
                                            versioned.next_version(nil, B_VERSION), M.node_name,
                                            setmetatable(spec or {}, {__serialize = 'map'})})
@@ -90,7 +92,7 @@ end
 -- Adds `delta` ({counter = n}) to this node's progress row of each
 -- broadcast in `deltas` ({broadcast_id = delta}), in one transaction.
 function M.progress_add(deltas)
-    box.atomic(function()
+    atomic(function()
         for broadcast_id, delta in pairs(deltas) do
             local key = {broadcast_id, M.node_name}
             local old = box.space.progress:get(key)

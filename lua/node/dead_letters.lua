@@ -3,6 +3,8 @@
 -- operator can see why, and resend if the cause is fixed.
 local fiber = require('fiber')
 
+local atomic = require('queue.state').atomic
+
 local M = {}
 
 -- items: array of {tube, reason, data}. Returns how many were stored.
@@ -11,7 +13,7 @@ function M.put_many(items)
     local last = space.index.id:max()
     local id = last and last[1] + 1 or 1
     local now = math.floor(fiber.time() * 1000)
-    box.atomic(function()
+    atomic(function()
         for _, item in ipairs(items) do
             space:insert({id, now, tostring(item[1]), tostring(item[2]), item[3]})
             id = id + 1

@@ -14,6 +14,8 @@ local PLATFORMS = {ios = true, android = true}
 -- a narrow audience cannot hold the transaction thread for long.
 local SCAN_FACTOR = 8
 
+local atomic = require('queue.state').atomic
+
 local M = {node_name = 'node1'}
 
 local function fail(fmt, ...)
@@ -56,7 +58,7 @@ end
 -- Registers or updates many devices in one transaction; returns the count.
 function M.put_many(regs)
     local now_s = require('fiber').time()
-    box.atomic(function()
+    atomic(function()
         for _, reg in ipairs(regs) do
             box.space.subscriber:replace(row_for(reg, now_s))
         end
@@ -104,7 +106,7 @@ end
 -- returns how many were registered.
 function M.remove_many(tokens)
     local n = 0
-    box.atomic(function()
+    atomic(function()
         for _, token in ipairs(tokens) do
             if M.remove(token) then
                 n = n + 1

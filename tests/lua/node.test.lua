@@ -13,7 +13,7 @@ local subscribers = require('node.subscribers')
 local config = require('node.config')
 
 local test = tap.test('node')
-test:plan(7)
+test:plan(8)
 
 test:test('migrations are idempotent and use explicit ids', function(t)
     t:plan(6)
@@ -127,6 +127,32 @@ test:test('settings: defaults, file-free overrides, and clear errors', function(
            'listen .*host:port', 'bad address')
     t:like(err({NODE_DISPATCHER_PASSWORD = 'long-enough', NODE_CONFIG = '/nonexistent.json'}),
            'cannot read NODE_CONFIG', 'missing file')
+end)
+
+test:test('settling and fan-out steps are all or nothing', function(t)
+    t:plan(6)
+    local dispatch = require('node.dispatch')
+    local broadcasts = require('node.broadcasts')
+    local tube = queue.tube.android
+    tube:put_many({'a', 'b'})
+    local taken = tube:take_many(2, 0)
+    local ok = pcall(dispatch.settle, 'android', {taken[1][1]}, {}, {{999999, 'no such task', {}}},
+                     {bx = {delivered = 1}})
+    t:ok(not ok, 'a bad bury fails the call')
+    t:is(tube.space:get(taken[1][1]) ~= nil and tube:statistics().tasks.total, 2,
+         'and the ack in it did not happen: the task is still there')
+    t:is(broadcasts.progress('bx').delivered, nil, 'nor the progress')
+    -- The rolled-back ack left the first task free: a worker takes it again.
+    local again = tube:take_many(2, 0)
+    t:is_deeply(dispatch.settle('android', {again[1][1]}, {{taken[2][1], {delay = 60}}}, {},
+                                {bx = {delivered = 1, retries = 1}}), {}, 'a good call settles')
+    t:is(broadcasts.progress('bx').delivered, 1, 'with its progress')
+    local step = queue.tube.fanout:put({b = 'bx'})
+    queue.tube.fanout:take(0)
+    dispatch.fanout_step(step[1], {{'ios', 0, {'x', 'y'}}, {'ios', 30, {'z'}}}, {bx = {enqueued = 3}}, {b = 'bx', after = {'u', 't'}})
+    local s = queue.tube.ios:statistics().tasks
+    t:ok(s.ready >= 2 and s.delayed >= 1 and queue.tube.fanout:statistics().tasks.ready == 1,
+         'a fan-out step enqueues its page and the next step, and acks its own')
 end)
 
 test:test('guest has no rights beyond the defaults', function(t)
