@@ -93,6 +93,29 @@ async def test_cancel_stops_the_broadcast(node: Dispatcher, api: Client) -> None
     assert node.fakes is not None and node.fakes.apns.counters.requests == 0
 
 
+async def test_cancel_mid_run_drops_what_is_queued(node: Dispatcher, api: Client) -> None:
+    await register(node, 5000)
+    assert node.fakes is not None
+    # ~800 pushes/s with 400 in flight per platform: the broadcast would take ~6 s.
+    node.fakes.apns.faults.set(Faults(slow_share=1.0, slow_s=0.5))
+    node.fakes.fcm.faults.set(Faults(slow_share=1.0, slow_s=0.5))
+    started = await start_broadcast(api, "oops")
+    for _ in range(100):
+        if node.fakes.apns.counters.accepted or node.fakes.fcm.counters.accepted:
+            break
+        await asyncio.sleep(0.05)
+    status, body = await api.call("POST", f"/v1/broadcasts/{started['id']}/cancel")
+    assert status == 200 and body["state"] == "cancelled"
+    for _ in range(300):
+        progress = (await api.call("GET", f"/v1/broadcasts/{started['id']}"))[1]["progress"]
+        if progress["pending"] == 0 and progress["enqueued"] > 0:
+            break
+        await asyncio.sleep(0.1)
+    assert progress["pending"] == 0 and progress["cancelled"] > 1000
+    sent = sum(node.fakes.apns.counters.accepted.values()) + sum(node.fakes.fcm.counters.accepted.values())
+    assert sent == progress["delivered"] and sent + progress["cancelled"] == progress["enqueued"]
+
+
 async def test_send_at_is_not_delivered_early(node: Dispatcher, api: Client) -> None:
     await register(node, 10)
     send_at = time.time() + 2
