@@ -53,6 +53,7 @@ class TarantoolProcess:
         self.settings = settings
         self.log_path = settings.node.data_dir.resolve() / "tarantool.log"
         self._proc: subprocess.Popen[bytes] | None = None
+        self._offset = 0
 
     @property
     def pid(self) -> int | None:
@@ -62,9 +63,11 @@ class TarantoolProcess:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
         """Starts Tarantool and returns once it accepts the dispatcher's calls;
-        raises with the end of Tarantool's log if it exits or stalls first."""
+        raises with the end of Tarantool's log if it exits or stalls first.
+        ``wait=False`` returns at once (nodes of a new cluster start together:
+        each waits for the others); then call :meth:`wait_ready`."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         env = {**os.environ, **node_environment(self.settings)}
@@ -86,7 +89,12 @@ class TarantoolProcess:
                     f"node.tarantool_bin: {binary!r} not found; install Debian's package "
                     "'tarantool' (apt-get install tarantool) or point node.tarantool_bin at it"
                 ) from None
-        self._wait_ready(offset)
+        self._offset = offset
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        self._wait_ready(self._offset)
 
     def _log_since(self, offset: int) -> bytes:
         with self.log_path.open("rb") as f:

@@ -48,6 +48,16 @@ local function replication_uris()
     return uris
 end
 
+-- On its very first start a node waits for all its peers, so that they
+-- bootstrap one replica set together (with a lower quorum each would found
+-- its own and they could never replicate). Later starts need only
+-- replication_connect_quorum peers (default 0: start while peers are down).
+local replication = replication_uris()
+local quorum = cfg.replication_connect_quorum
+if replication ~= nil and #fio.glob(fio.pathjoin(cfg.data_dir, '*.snap')) == 0 then
+    quorum = #replication
+end
+
 -- Triggers of the replicated spaces go in before box.cfg loads any row.
 versioned.watch(schema.VERSIONED)
 
@@ -60,13 +70,22 @@ box.cfg({
     log_level = cfg.log_level,
     log = cfg.log,
     custom_proc_title = cfg.name,
-    replication = replication_uris(),
-    replication_connect_quorum = cfg.replication_connect_quorum,
+    replication = replication,
+    replication_connect_quorum = quorum,
 })
 
 subscribers.node_name = cfg.name
 broadcasts.node_name = cfg.name
-schema.migrate()
+-- Schema and users replicate: one node changes them (the replica set's
+-- first member), the others wait for its changes, so two nodes never run
+-- the same DDL at once.
+local schema_owner = box.info.id == 1
+if schema_owner then
+    schema.migrate()
+elseif not schema.await(schema.LATEST, 60) then
+    log.warn('node %s: schema is at version %d, %d expected; waiting on the replica set\'s first member',
+             cfg.name, schema.version(), schema.LATEST)
+end
 queue.start({registry_space_id = 516})
 versioned.install_existing()
 
@@ -100,7 +119,7 @@ node = {
     end,
 }
 
-if not box.info.ro then
+if schema_owner and not box.info.ro then
     local names = {}
     for fname in pairs(node) do
         table.insert(names, 'node.' .. fname)

@@ -129,6 +129,19 @@ function M.migrate()
     return M.version()
 end
 
+-- Waits up to timeout_s for the schema (replicated from the node that owns
+-- it) to reach `version`. Returns whether it did.
+function M.await(version, timeout_s)
+    local deadline = require('clock').monotonic() + timeout_s
+    while M.version() < version do
+        if require('clock').monotonic() > deadline then
+            return false
+        end
+        require('fiber').sleep(0.1)
+    end
+    return true
+end
+
 M.LATEST = #migrations
 
 return M
