@@ -13,6 +13,7 @@ from pathlib import Path
 import uvloop
 from pydantic import ValidationError
 
+from dispatcher.cluster_up import cluster_up
 from dispatcher.config import Settings, load_settings
 from dispatcher.errors import ConfigError, DispatcherError
 from dispatcher.fakes.faults import Faults
@@ -37,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     for name, port in (("apns", 2197), ("fcm", 8443), ("oauth", 8444), ("stats", 8445)):
         fakes.add_argument(f"--{name}-port", type=int, default=port, help=f"default {port}; 0 picks a free one")
     fakes.add_argument("--faults", type=Path, help='JSON file: {"apns": {...}, "fcm": {...}} (see fakes/faults.py)')
+    cluster = commands.add_parser("cluster", help="a local cluster for development and tests")
+    cluster.add_argument("action", choices=["up"], help="up: start the nodes, Ctrl-C stops them")
+    cluster.add_argument("--nodes", type=int, default=3)
+    cluster.add_argument("--dir", type=Path, default=Path("data/cluster"), help="data, configs and logs")
+    cluster.add_argument("--tarantool-port", type=int, default=3301, help="first node's; 0 picks free ones")
+    cluster.add_argument("--http-port", type=int, default=8081, help="first node's; 0 picks free ones")
+    cluster.add_argument("--demo-devices", type=int, default=1000)
     return parser
 
 
@@ -138,12 +146,22 @@ async def _run_fakes(args: argparse.Namespace) -> None:
         await fakes.stop()
 
 
+async def _run_cluster(args: argparse.Namespace) -> None:
+    stop = _stop_on_signals()
+    await cluster_up(args.nodes, args.dir, args.tarantool_port, args.http_port, args.demo_devices, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "fake-gateways":
             uvloop.run(_run_fakes(args))
+            return 0
+        if args.command == "cluster":
+            if not 1 <= args.nodes <= 16:
+                raise ConfigError("--nodes: between 1 and 16")
+            uvloop.run(_run_cluster(args))
             return 0
         settings = load_settings(args.config)
         if args.command == "check-config":

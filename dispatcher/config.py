@@ -72,6 +72,34 @@ class NodeSettings(BaseModel):
         return self
 
 
+HOST_PORT = r"^[^\s:]+:\d{1,5}$"
+
+
+class ClusterNode(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., pattern=r"^[\w.-]+$")
+    tarantool: str = Field(..., pattern=HOST_PORT)
+    http: str = Field(..., pattern=HOST_PORT)
+
+
+class ClusterSettings(BaseModel):
+    """Every node of the cluster; each node gets the same list and its own
+    node.name, and takes its addresses and its peers from the list."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    nodes: list[ClusterNode] = Field(..., min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> ClusterSettings:
+        for what in ("name", "tarantool", "http"):
+            values = [getattr(n, what) for n in self.nodes]
+            if len(set(values)) != len(values):
+                raise ValueError(f"cluster.nodes: two nodes have the same {what}")
+        return self
+
+
 class ApnsSettings(BaseModel):
     """APNs: token auth (the .p8 key file, key id, team id) or certificate
     auth (a PEM with certificate and key), and where to send."""
@@ -188,6 +216,7 @@ class Settings(BaseSettings):
     fcm: FcmSettings | None = None
     api: ApiSettings = Field(default_factory=ApiSettings)
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
+    cluster: ClusterSettings | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -200,6 +229,26 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The file's values come in as init arguments; the environment wins.
         return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _wire_cluster(self) -> Settings:
+        if self.cluster is None:
+            return self
+        names = [n.name for n in self.cluster.nodes]
+        me = next((n for n in self.cluster.nodes if n.name == self.node.name), None)
+        if me is None:
+            raise ValueError(f"node.name {self.node.name!r} is not one of cluster.nodes ({', '.join(names)})")
+        peers = [n.tarantool for n in self.cluster.nodes if n is not me]
+        if self.node.peers and self.node.peers != peers:
+            raise ValueError("node.peers: leave it out with [cluster]; peers come from cluster.nodes")
+        if peers and self.node.replicator_password is None:
+            raise ValueError("node.replicator_password must be set for a cluster of several nodes")
+        self.node.peers = peers
+        host, _, port = me.tarantool.rpartition(":")
+        self.tarantool.host, self.tarantool.port = host, int(port)
+        host, _, port = me.http.rpartition(":")
+        self.api.host, self.api.port = host, int(port)
+        return self
 
     @model_validator(mode="after")
     def _no_dev_password_off_loopback(self) -> Settings:

@@ -84,3 +84,33 @@ def test_to_toml_round_trip(tmp_path: Path) -> None:
     again = load_settings(path)
     assert again.model_dump() == settings.model_dump()
     assert again.tarantool.password.get_secret_value() == "a-secret-password"
+
+
+CLUSTER = """
+[node]
+name = "{name}"
+replicator_password = "replicate-me"
+[cluster]
+nodes = [
+  {{name = "a", tarantool = "127.0.0.1:3301", http = "127.0.0.1:8081"}},
+  {{name = "b", tarantool = "127.0.0.1:3302", http = "127.0.0.1:8082"}},
+  {{name = "c", tarantool = "127.0.0.1:3303", http = "127.0.0.1:8083"}},
+]
+"""
+
+
+def test_cluster_list_gives_each_node_its_addresses_and_peers(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, CLUSTER.format(name="b")))
+    assert s.tarantool.address == "127.0.0.1:3302" and s.api.port == 8082
+    assert s.node.peers == ["127.0.0.1:3301", "127.0.0.1:3303"]
+
+
+def test_cluster_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"node.name 'z' is not one of cluster.nodes \(a, b, c\)"):
+        load_settings(write(tmp_path, CLUSTER.format(name="z")))
+    doubled = CLUSTER.format(name="a").replace("127.0.0.1:3302", "127.0.0.1:3301")
+    with pytest.raises(ConfigError, match=r"two nodes have the same tarantool"):
+        load_settings(write(tmp_path, doubled))
+    no_password = CLUSTER.format(name="a").replace('replicator_password = "replicate-me"\n', "")
+    with pytest.raises(ConfigError, match=r"replicator_password must be set"):
+        load_settings(write(tmp_path, no_password))

@@ -1,0 +1,125 @@
+"""``dispatcher cluster up``: a local cluster in one command, for development
+and tests. N nodes on loopback, each its own ``dispatcher run`` process with
+its own Tarantool, all replicating, all sending to one set of fake gateways
+run by this process. Ctrl-C stops them all."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import sys
+import time
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from dispatcher.config import (
+    ApiKey,
+    ApiSettings,
+    ClusterNode,
+    ClusterSettings,
+    DispatchSettings,
+    NodeSettings,
+    Settings,
+    TarantoolSettings,
+    to_toml,
+)
+from dispatcher.errors import DispatcherError
+from dispatcher.fakes.gateways import FakeGateways
+
+UP_MARK = b" is up"
+
+
+def _ports(base: int, count: int) -> list[int]:
+    if base:
+        return [base + i for i in range(count)]
+    ports = []
+    for _ in range(count):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(int(s.getsockname()[1]))
+    return ports
+
+
+def cluster_settings(directory: Path, count: int, tarantool_base: int, http_base: int, fakes: FakeGateways,
+                     demo_devices: int) -> list[Settings]:
+    """One settings object per node: the same cluster list, secrets and
+    gateways, each its own name and data directory."""
+    tarantool_ports, http_ports = _ports(tarantool_base, count), _ports(http_base, count)
+    nodes = [ClusterNode(name=f"node{i + 1}", tarantool=f"127.0.0.1:{tarantool_ports[i]}",
+                         http=f"127.0.0.1:{http_ports[i]}") for i in range(count)]
+    cluster = ClusterSettings(nodes=nodes)
+    password = SecretStr(secrets.token_urlsafe(18))
+    replicator = SecretStr(secrets.token_urlsafe(18))
+    key = ApiKey(key=SecretStr("dev-cluster-" + secrets.token_urlsafe(12)), scopes=["admin", "backend"])
+    return [
+        Settings(
+            node=NodeSettings(name=n.name, data_dir=directory / n.name, replicator_password=replicator),
+            tarantool=TarantoolSettings(password=password),
+            api=ApiSettings(keys=[key]),
+            # Devices replicate: one node seeds them for all.
+            dispatch=DispatchSettings(demo_devices=demo_devices if i == 0 else 0),
+            apns=fakes.credentials.apns_settings(fakes.ports["apns"]),
+            fcm=fakes.credentials.fcm_settings(fakes.ports["fcm"]),
+            cluster=cluster,
+        )
+        for i, n in enumerate(nodes)
+    ]
+
+
+async def _wait_up(log: Path, proc: asyncio.subprocess.Process, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if log.exists() and UP_MARK in log.read_bytes():
+            return
+        if proc.returncode is not None:
+            break
+        await asyncio.sleep(0.1)
+    tail = log.read_text(errors="replace").strip().splitlines()[-10:] if log.exists() else []
+    raise DispatcherError(f"node did not come up; end of {log}:\n  " + "\n  ".join(tail))
+
+
+async def cluster_up(count: int, directory: Path, tarantool_base: int, http_base: int, demo_devices: int,
+                     stop: asyncio.Event) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    fakes = FakeGateways(directory / "fakes")
+    await fakes.start()
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        nodes = cluster_settings(directory, count, tarantool_base, http_base, fakes, demo_devices)
+        logs = []
+        for s in nodes:
+            config = directory / f"{s.node.name}.toml"
+            config.write_text(to_toml(s))
+            log = directory / f"{s.node.name}.log"
+            logs.append(log)
+            with log.open("wb") as out:
+                procs.append(await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "dispatcher", "--config", str(config), "run",
+                    stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL))
+        # A new cluster's nodes wait for each other, so they start together.
+        await asyncio.gather(*(_wait_up(log, p, 90) for log, p in zip(logs, procs, strict=True)))
+        key = nodes[0].api.keys[0].key.get_secret_value() if nodes[0].api.keys else ""
+        lines = [f"cluster is up: {count} nodes"]
+        for s, log in zip(nodes, logs, strict=True):
+            lines.append(f"  {s.node.name}: API http://{s.api.host}:{s.api.port}, Tarantool {s.tarantool.address}, "
+                         f"log {log}")
+        lines += [
+            f"  API key: {key}",
+            f"  fake gateways' stats: http://127.0.0.1:{fakes.ports['stats']}/stats",
+            "Start a broadcast on any node:",
+            f"  curl -s -X POST http://{nodes[0].api.host}:{nodes[0].api.port}/v1/broadcasts "
+            f"-H 'Authorization: Bearer {key}' -H 'Idempotency-Key: demo-1' -H 'Content-Type: application/json' "
+            "-d '{\"message\": {\"title\": \"Hello\"}, \"audience\": {\"app\": \"news\"}}'",
+            "Ctrl-C stops them all.",
+        ]
+        print("\n".join(lines), flush=True)
+        await stop.wait()
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.terminate()
+        for proc in procs:
+            await proc.wait()
+        await fakes.stop()
