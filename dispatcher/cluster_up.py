@@ -11,6 +11,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from pydantic import SecretStr
 
@@ -68,33 +69,49 @@ def cluster_settings(directory: Path, count: int, tarantool_base: int, http_base
     ]
 
 
+def _is_up(log: Path) -> bool:
+    return log.exists() and UP_MARK in log.read_bytes()
+
+
+def _tail(log: Path) -> str:
+    lines = log.read_text(errors="replace").strip().splitlines()[-10:] if log.exists() else []
+    return "\n  ".join(lines)
+
+
 async def _wait_up(log: Path, proc: asyncio.subprocess.Process, timeout_s: float) -> None:
+    """Small local log files: read in the loop's thread on purpose."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if log.exists() and UP_MARK in log.read_bytes():
+        if _is_up(log):
             return
         if proc.returncode is not None:
             break
         await asyncio.sleep(0.1)
-    tail = log.read_text(errors="replace").strip().splitlines()[-10:] if log.exists() else []
-    raise DispatcherError(f"node did not come up; end of {log}:\n  " + "\n  ".join(tail))
+    raise DispatcherError(f"node did not come up; end of {log}:\n  {_tail(log)}")
+
+
+def _write_config(directory: Path, settings: Settings) -> tuple[Path, Path]:
+    config = directory / f"{settings.node.name}.toml"
+    config.write_text(to_toml(settings))
+    return config, directory / f"{settings.node.name}.log"
+
+
+def _open_log(log: Path) -> BinaryIO:
+    return log.open("wb")
 
 
 async def cluster_up(count: int, directory: Path, tarantool_base: int, http_base: int, demo_devices: int,
                      stop: asyncio.Event) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    fakes = FakeGateways(directory / "fakes")
+    fakes = FakeGateways(directory / "fakes")  # creates the directory
     await fakes.start()
     procs: list[asyncio.subprocess.Process] = []
     try:
         nodes = cluster_settings(directory, count, tarantool_base, http_base, fakes, demo_devices)
         logs = []
         for s in nodes:
-            config = directory / f"{s.node.name}.toml"
-            config.write_text(to_toml(s))
-            log = directory / f"{s.node.name}.log"
+            config, log = _write_config(directory, s)
             logs.append(log)
-            with log.open("wb") as out:
+            with _open_log(log) as out:
                 procs.append(await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "dispatcher", "--config", str(config), "run",
                     stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL))
