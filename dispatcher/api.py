@@ -25,6 +25,7 @@ from dispatcher.broadcasts import Broadcast, Broadcasts
 from dispatcher.config import ApiSettings
 from dispatcher.errors import StoreError, StoreRejected
 from dispatcher.messages import Message
+from dispatcher.peers import Peers
 from dispatcher.queue import Queue
 from dispatcher.subscribers import Registration, Subscriber, Subscribers
 from dispatcher.tasks import SendTask
@@ -131,8 +132,9 @@ class Api:
     ROUTE_SCOPES = {"devices": "backend", "pushes": "backend", "broadcasts": "admin"}
 
     def __init__(self, settings: ApiSettings, keys: dict[str, set[str]], queue: Queue,
-                 subscribers: Subscribers, broadcasts: Broadcasts) -> None:
+                 subscribers: Subscribers, broadcasts: Broadcasts, peers: Peers | None = None) -> None:
         self.settings = settings
+        self.peers = peers
         self.keys = keys
         self.queue = queue
         self.subscribers = subscribers
@@ -296,7 +298,10 @@ class Api:
             await self.queue.statistics()
         except StoreError as e:
             return web.json_response({"ready": False, "why": str(e)}, status=503)
-        return web.json_response({"ready": True})
+        body: dict[str, Any] = {"ready": True}
+        if self.peers is not None:
+            body["peers_alive"] = self.peers.alive()
+        return web.json_response(body)
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document())

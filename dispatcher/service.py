@@ -19,6 +19,7 @@ from dispatcher.config import ApnsSettings, FcmSettings, Settings
 from dispatcher.fakes.gateways import FakeGateways
 from dispatcher.fanout import FanoutWorker
 from dispatcher.fcm import FcmSender
+from dispatcher.peers import Peers
 from dispatcher.queue import Queue
 from dispatcher.store import Store
 from dispatcher.subscribers import Registration, Subscribers
@@ -40,6 +41,7 @@ class Dispatcher:
         self.subscribers = Subscribers(self.store)
         self.broadcasts = Broadcasts(self.store)
         self.fakes: FakeGateways | None = None
+        self.peers = Peers(settings.cluster, settings.node.name, settings.tarantool) if settings.cluster else None
         self.api_keys: dict[str, set[str]] = {}
         self.api_port = 0
         self._stop = asyncio.Event()
@@ -52,6 +54,8 @@ class Dispatcher:
         if self.tarantool is not None:
             await asyncio.to_thread(self.tarantool.start)
         await self.store.connect()
+        if self.peers is not None:
+            self.peers.start()
         apns_settings, fcm_settings = await self._gateway_settings()
         apns, fcm = ApnsSender(apns_settings), FcmSender(fcm_settings)
         self._senders = [apns, fcm]
@@ -69,7 +73,7 @@ class Dispatcher:
             self.api_keys = {"dev-" + secrets.token_urlsafe(18): {"admin", "backend"}}
         else:
             self.api_keys = {k.key.get_secret_value(): set(k.scopes) for k in s.api.keys}
-        api = Api(s.api, self.api_keys, self.queue, self.subscribers, self.broadcasts)
+        api = Api(s.api, self.api_keys, self.queue, self.subscribers, self.broadcasts, self.peers)
         self._runner = web.AppRunner(api.app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.api.host, s.api.port)
@@ -124,6 +128,8 @@ class Dispatcher:
             await sender.close()
         if self.fakes is not None:
             await self.fakes.stop()
+        if self.peers is not None:
+            await self.peers.close()
         await self.store.close()
         if self.tarantool is not None:
             await asyncio.to_thread(self.tarantool.stop)

@@ -52,6 +52,10 @@ class Store:
     def address(self) -> str:
         return self._settings.address
 
+    @property
+    def connected(self) -> bool:
+        return bool(self._conn.is_connected)
+
     async def connect(self) -> dict[str, Any]:
         """Connects, retrying until ``startup_timeout_s``, then checks that the
         other end is a dispatcher node with the expected schema. Returns its

@@ -45,6 +45,13 @@ async def test_cluster_up_any_node_is_an_entry(tmp_path: Path) -> None:
                 await asyncio.sleep(0.1)
             assert status.get("state") == "done", status
             assert status["progress"]["delivered"] == 600  # type: ignore[index]
+            for _ in range(100):
+                async with http.get(f"{apis[2]}/readyz") as r:
+                    ready = await r.json()
+                if sorted(ready["peers_alive"]) == ["node1", "node2"]:
+                    break
+                await asyncio.sleep(0.1)
+            assert ready["ready"] and sorted(ready["peers_alive"]) == ["node1", "node2"]
             async with http.post(f"{apis[2]}/v1/broadcasts", json=spec, headers=headers) as r:
                 again = await r.json()
             assert again["id"] == broadcast["id"], "the key names the same broadcast on every node"

@@ -123,3 +123,37 @@ async def test_a_node_restarts_while_its_peers_are_down(tmp_path: Path) -> None:
     finally:
         for node in nodes:
             node.kill()
+
+
+async def test_peer_links_know_who_is_alive(cluster: list[TarantoolProcess]) -> None:
+    from dispatcher.config import ClusterNode, ClusterSettings
+    from dispatcher.peers import Peers
+
+    nodes = [ClusterNode(name=n.settings.node.name, tarantool=n.settings.tarantool.address,
+                         http=f"127.0.0.1:{free_port()}") for n in cluster]
+    peers = Peers(ClusterSettings(nodes=nodes), "n0", cluster[0].settings.tarantool)
+    peers.start()
+    try:
+        async def both_up() -> bool:
+            return peers.alive() == ["n1", "n2"]
+
+        assert await eventually(both_up)
+        assert peers.next_alive() == "n1" and peers.next_alive("n1") == "n2" and peers.next_alive("n2") == "n0"
+        task = await peers.queue("n2").tube("fanout").put({"b": "handed-over"})
+        assert task.data == {"b": "handed-over"}
+        cluster[1].kill()
+
+        async def n1_gone() -> bool:
+            return peers.alive() == ["n2"]
+
+        assert await eventually(n1_gone)
+        assert peers.next_alive() == "n2", "a dead neighbour is skipped"
+        cluster[2].kill()
+
+        async def all_gone() -> bool:
+            return peers.alive() == []
+
+        assert await eventually(all_gone)
+        assert peers.next_alive() == "n0", "alone, the node hands to itself"
+    finally:
+        await peers.close()
