@@ -1,4 +1,4 @@
--- Task states and time units shared by the queue's modules.
+-- Task states, time units and transactions shared by the queue's modules.
 -- Letters and their meaning are those of tarantool/queue, so clients that
 -- compare status letters keep working.
 local fiber = require('fiber')
@@ -32,45 +32,9 @@ function M.seconds_to_ms(value, what)
                             what, tostring(value)), 0)
     end
     if value >= M.NEVER_MS / 1000 then
-        -- box.atomic that joins a transaction already open, so batch calls compose
--- into one transaction (Tarantool 2.6 has no nested transactions).
-function M.atomic(fn, ...)
-    if box.is_in_txn() then
-        return fn(...)
-    end
-    return box.atomic(fn, ...)
-end
-
-return M.NEVER_MS
+        return M.NEVER_MS
     end
     return math.floor(value * 1000)
-end
-
--- What to undo in memory if the current transaction rolls back: the taken
--- state lives in Lua tables, which a rollback does not restore by itself.
--- One log per fiber (a transaction belongs to one fiber), replayed backwards.
--- Entries are {object, arg} and the object's :undo(arg) is called: no
--- closure per entry, which would keep LuaJIT from compiling the batch loops.
-local undo_logs = {}
-
-function M.on_rollback(object, arg)
-    if not box.is_in_txn() then
-        return
-    end
-    local fid = fiber.id()
-    local log = undo_logs[fid]
-    if log == nil then
-        log = {}
-        undo_logs[fid] = log
-        box.on_commit(function() undo_logs[fid] = nil end)
-        box.on_rollback(function()
-            undo_logs[fid] = nil
-            for i = #log, 1, -1 do
-                log[i][1]:undo(log[i][2])
-            end
-        end)
-    end
-    log[#log + 1] = {object, arg}
 end
 
 -- box.atomic that joins a transaction already open, so batch calls compose
