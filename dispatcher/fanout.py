@@ -1,17 +1,25 @@
-"""Broadcast fan-out on one node: a fan-out task ``{"b": id, "after": cursor}``
-in the ``fanout`` tube stands for "the rest of the audience after cursor".
-A step reads one page of the audience, enqueues its send tasks, puts the
-task for the next page and acks its own. Fan-out waits while the send
-tubes are above the high-water mark, so a huge broadcast never needs all of
-its tasks in memory at once.
+"""Broadcast fan-out: a fan-out task ``{"b": id, "after": cursor}`` in a
+node's ``fanout`` tube stands for "the rest of the audience after cursor".
+A step reads one page of the audience from the local replica, enqueues its
+send tasks, and hands on the task for the next page. Fan-out waits while the
+send tubes are above the high-water mark, so a huge broadcast never needs
+all of its tasks in memory at once.
+
+In a cluster the next-page task is a baton: it goes to the next live node
+in the ring *before* this node enqueues its page, so the broadcast moves on
+even if this node dies now. A replicated marker per page makes pages
+idempotent (a page whose baton ran twice is enqueued once), and the newest
+marker is the checkpoint: when no page has been done for ``baton_silence_s``,
+the ring successor of the node that did the last one re-issues the baton
+from there.
 
 Scheduling: ``send_at`` delays the first fan-out task (not each push);
 ``local_time`` ("08:00") delays each device's task to that hour in its own
 time zone, one ``put_many`` per (platform, zone) of a page.
 
 A step (the page's send tasks, the progress counters, the next step's task
-and this step's ack) is one Tarantool transaction, so a crash re-runs a
-step that left nothing behind: each page is enqueued once.
+when it stays here, the page marker and this step's ack) is one Tarantool
+transaction, so a crash re-runs a step that left nothing behind.
 """
 
 from __future__ import annotations
@@ -27,8 +35,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from dispatcher import metrics
 from dispatcher.broadcasts import Broadcasts
 from dispatcher.errors import StoreError
+from dispatcher.peers import Peers
 from dispatcher.queue import Queue, Task
-from dispatcher.subscribers import Audience, Subscribers
+from dispatcher.subscribers import Audience, Cursor, Subscribers
 from dispatcher.tasks import SendTask
 
 log = logging.getLogger(__name__)
@@ -49,25 +58,66 @@ def local_delay_s(local_time: str, tz: str, now: float) -> float:
     return target.timestamp() - now
 
 
+def page_key(cursor: Cursor | None) -> str:
+    """A page's name in the markers: the cursor before it ("^" at the start)."""
+    return "^" if cursor is None else f"{cursor[0]}\x00{cursor[1]}"
+
+
+def page_cursor(key: str) -> Cursor | None:
+    if key == "^":
+        return None
+    user_id, _, token = key.partition("\x00")
+    return (user_id, token)
+
+
 class FanoutWorker:
     def __init__(self, queue: Queue, subscribers: Subscribers, broadcasts: Broadcasts,
-                 page_size: int = 1000, high_water: int = 200_000) -> None:
+                 page_size: int = 1000, high_water: int = 200_000, peers: Peers | None = None,
+                 baton_silence_s: float = 15.0) -> None:
         self.queue = queue
         self.tube = queue.tube("fanout")
+        self.store = queue.store
         self.subscribers = subscribers
         self.broadcasts = broadcasts
         self.page_size = page_size
         self.high_water = high_water
+        self.peers = peers
+        self.baton_silence_s = baton_silence_s
 
     async def run(self, stop: asyncio.Event) -> None:
+        next_watch = time.monotonic() + self.baton_silence_s / 3
         while not stop.is_set():
             try:
                 task = await self.tube.take(0.5)
                 if task is not None:
                     await self._step(task)
+                if self.peers is not None and time.monotonic() >= next_watch:
+                    next_watch = time.monotonic() + self.baton_silence_s / 3
+                    await self._watch_batons()
             except StoreError as e:
                 log.warning("fan-out: %s", e)
                 await asyncio.sleep(1)
+
+    async def _watch_batons(self) -> None:
+        """Re-issues the baton of a running broadcast whose fan-out has not
+        moved for baton_silence_s, if this node is the ring successor of the
+        node that moved it last."""
+        assert self.peers is not None
+        for broadcast in await self.broadcasts.list(50):
+            if broadcast.state != "running":
+                continue
+            latest = (await self.store.call("node.fanout_latest_page", (broadcast.id,)))
+            if not latest or latest[0] is None:
+                continue
+            _, next_key, node, at = latest[0]
+            silent = time.time() - at > self.baton_silence_s
+            if not next_key or not silent or self.peers.next_alive(node) != self.peers.me:
+                continue
+            if (await self.store.call("node.fanout_page_done", (broadcast.id, next_key)))[0]:
+                continue
+            log.warning("fan-out: baton of %s silent since %s left it; re-issuing it here", broadcast.id, node)
+            after = page_cursor(next_key)
+            await self.tube.put({"b": broadcast.id, "after": list(after) if after else None})
 
     async def _send_tubes_full(self) -> bool:
         stats = await self.queue.statistics()
@@ -86,7 +136,11 @@ class FanoutWorker:
             await self.broadcasts.set_state(broadcast.id, "running")
             metrics.BROADCASTS.labels("started").inc()
         spec = broadcast.spec
-        after = tuple(task.data["after"]) if task.data.get("after") else None
+        after: Cursor | None = tuple(task.data["after"]) if task.data.get("after") else None
+        key = page_key(after)
+        if (await self.store.call("node.fanout_page_done", (broadcast.id, key)))[0]:
+            await self.tube.ack(task.id)  # this baton ran elsewhere already
+            return
         audience = Audience(spec["audience"].get("app"), spec["audience"].get("platform"),
                             tuple(spec["audience"].get("topics") or ()))
         rows, cursor = await self.subscribers.page(after, self.page_size, audience)
@@ -107,9 +161,21 @@ class FanoutWorker:
         if cursor is None:
             counts["fanout_done"] = 1
         next_task = {"b": broadcast.id, "after": list(cursor)} if cursor is not None else None
-        # One transaction: the page's tasks, the progress, the next step and
-        # this step's ack; a crash re-runs the step with nothing enqueued.
-        await self.queue.store.call("node.fanout_step", (task.id, batches, {broadcast.id: counts}, next_task))
+        if next_task is not None and self.peers is not None:
+            # The baton goes first: if this node dies now, the broadcast goes on.
+            target = self.peers.next_alive()
+            if target != self.peers.me:
+                try:
+                    await self.peers.queue(target).tube("fanout").put(next_task)
+                    next_task = None
+                except StoreError as e:
+                    log.warning("fan-out: cannot hand the baton to %s (%s); keeping it", target, e)
+        # One transaction: the page's tasks, the progress, the next step (if
+        # kept here), the page's marker and this step's ack.
+        page = [key, page_key(cursor) if cursor is not None else "", broadcast.id]
+        done = await self.store.call("node.fanout_step", (task.id, batches, {broadcast.id: counts}, next_task, page))
+        if not done[0]:
+            return  # another node did this page meanwhile
         for platform, _, items in batches:
             metrics.ENQUEUED.labels(platform).inc(len(items))
         if cursor is None:

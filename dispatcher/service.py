@@ -66,7 +66,8 @@ class Dispatcher:
                        d.loops_per_platform),
             SendWorker("android", self.queue.tube("android"), fcm, self.store, self.broadcasts, backoff, d.batch,
                        d.loops_per_platform),
-            FanoutWorker(self.queue, self.subscribers, self.broadcasts, d.fanout_page, d.high_water),
+            FanoutWorker(self.queue, self.subscribers, self.broadcasts, d.fanout_page, d.high_water, self.peers,
+                         d.baton_silence_s),
         ]
         self._workers = [asyncio.create_task(w.run(self._stop)) for w in workers]
         if s.api.keys is None:
@@ -110,6 +111,17 @@ class Dispatcher:
         for start in range(0, len(regs), 1000):
             await self.subscribers.put_many(regs[start:start + 1000])
         return count
+
+    async def kill(self) -> None:
+        """What kill -9 of the node does (for tests): Tarantool killed, the
+        workers gone without settling, nothing drained."""
+        if self.tarantool is not None:
+            await asyncio.to_thread(self.tarantool.kill)
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+        await self.stop()
 
     async def stop(self) -> None:
         """Stop taking work, let pushes in flight finish (up to drain_timeout_s),

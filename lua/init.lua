@@ -108,6 +108,8 @@ node = {
     dead_letter_list = dead_letters.list,
     settle = dispatch.settle,
     fanout_step = dispatch.fanout_step,
+    fanout_page_done = dispatch.page_done,
+    fanout_latest_page = dispatch.latest_page,
     info = function()
         return {
             name = cfg.name,

@@ -11,7 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from dispatcher.config import Settings
-from dispatcher.store import Store
+from dispatcher.store import SCHEMA_VERSION, Store
 from dispatcher.subscribers import Registration, Subscribers
 from dispatcher.tarantool_process import TarantoolProcess
 from tests.admin import console
@@ -72,7 +72,7 @@ async def test_one_replica_set_and_rows_replicate(cluster: list[TarantoolProcess
 
         assert await eventually(everywhere)
         infos = [(await s.call("node.info"))[0] for s in stores]
-        assert {i["schema_version"] for i in infos} == {1}
+        assert {i["schema_version"] for i in infos} == {SCHEMA_VERSION}
     finally:
         for s in stores:
             await s.close()

@@ -16,12 +16,14 @@ M.SUBSCRIBER = {token = 1, user_id = 2, platform = 3, app = 4, topics = 5, tz = 
 M.BROADCAST = {id = 1, idempotency_key = 2, state = 3, created = 4, updated = 5,
                origin = 6, spec = 7}
 M.PROGRESS = {broadcast_id = 1, node = 2, counters = 3, updated = 4, origin = 5}
+M.FANOUT_PAGE = {broadcast_id = 1, after = 2, next = 3, node = 4, at = 5, updated = 6, origin = 7}
 
 -- Replicated spaces and where their version lives (see versioned.lua).
 M.VERSIONED = {
     subscriber = {updated = M.SUBSCRIBER.updated, origin = M.SUBSCRIBER.origin},
     broadcast = {updated = M.BROADCAST.updated, origin = M.BROADCAST.origin},
     progress = {updated = M.PROGRESS.updated, origin = M.PROGRESS.origin},
+    fanout_page = {updated = M.FANOUT_PAGE.updated, origin = M.FANOUT_PAGE.origin},
 }
 
 -- Node-local send and fan-out tubes: name, type, space id.
@@ -109,6 +111,28 @@ migrations[1] = function()
     for _, t in ipairs(M.TUBES) do
         queue.create_tube(t[1], t[2], {space_id = t[3], if_not_exists = true})
     end
+end
+
+-- Fan-out pages done, by (broadcast, cursor before the page): a page is
+-- enqueued once whichever node gets its baton, and the newest marker is the
+-- checkpoint a stalled baton restarts from.
+migrations[2] = function()
+    local s = box.schema.space.create('fanout_page', {
+        id = 517,
+        if_not_exists = true,
+        format = {
+            {name = 'broadcast_id', type = 'string'},
+            {name = 'after', type = 'string'},
+            {name = 'next', type = 'string'},
+            {name = 'node', type = 'string'},
+            {name = 'at', type = 'number'},
+            {name = 'updated', type = 'unsigned'},
+            {name = 'origin', type = 'string'},
+        },
+    })
+    s:create_index('key', {parts = {{'broadcast_id', 'string'}, {'after', 'string'}}, if_not_exists = true})
+    s:create_index('at', {parts = {{'broadcast_id', 'string'}, {'at', 'number'}}, unique = false,
+                          if_not_exists = true})
 end
 
 function M.version()
