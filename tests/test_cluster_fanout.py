@@ -61,7 +61,7 @@ async def cluster(tmp_path: Path, gateways: FakeGateways) -> AsyncIterator[list[
         yield nodes
     finally:
         for node in nodes:
-            await node.stop()
+            await node.stop()  # safe on a node already killed
 
 
 async def progress(node: Dispatcher, id_: str) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
@@ -128,3 +128,23 @@ async def test_a_killed_node_does_not_stall_the_broadcast(
     got = accepted(gateways)
     assert len(got) == DEVICES, "every device at least once once the node is back"
     assert broadcast_id("cluster-2") == b.id
+
+
+async def test_a_node_down_before_the_broadcast(cluster: list[Dispatcher], gateways: FakeGateways) -> None:
+    await cluster[1].kill()
+    survivors = [cluster[0], cluster[2]]
+    for node in survivors:  # both notice it is gone
+        assert node.peers is not None
+        for _ in range(100):
+            if node.peers.alive() == [n.settings.node.name for n in survivors if n is not node]:
+                break
+            await asyncio.sleep(0.1)
+    b, _ = await cluster[0].broadcasts.create("cluster-3", "scheduled", SPEC)
+    for _ in range(1200):
+        if len(accepted(gateways)) >= DEVICES:
+            break
+        await asyncio.sleep(0.1)
+    got = accepted(gateways)
+    assert len(got) == DEVICES and max(got.values()) == 1, "the live nodes send it all, once"
+    total, per_node = await progress(cluster[2], b.id)
+    assert total["delivered"] == DEVICES and "node2" not in per_node
