@@ -286,6 +286,9 @@ class Api:
                 for state in ("ready", "taken", "delayed", "buried"):
                     metrics.QUEUE_DEPTH.labels(tube, state).set(stats["tasks"][state])
                 metrics.QUEUE_OLDEST.labels(tube).set(stats["tasks"].get("oldest_ready_age", 0))
+            memory = (await self.queue.store.call("node.memory"))[0]
+            for kind in ("data", "index", "arena_used", "quota_used"):
+                metrics.TARANTOOL_MEMORY.labels(kind).set(memory[kind])
         except StoreError as e:
             log.warning("metrics: queue statistics unavailable: %s", e)
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

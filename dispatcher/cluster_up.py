@@ -20,7 +20,6 @@ from dispatcher.config import (
     ApiSettings,
     ClusterNode,
     ClusterSettings,
-    DispatchSettings,
     NodeSettings,
     Settings,
     TarantoolSettings,
@@ -54,16 +53,19 @@ def cluster_settings(directory: Path, count: int, tarantool_base: int, http_base
     password = SecretStr(secrets.token_urlsafe(18))
     replicator = SecretStr(secrets.token_urlsafe(18))
     key = ApiKey(key=SecretStr("dev-cluster-" + secrets.token_urlsafe(12)), scopes=["admin", "backend"])
+    # Sections go in as dicts, so that DISPATCHER_* variables merge into them
+    # here as they will in each node's process.
     return [
         Settings(
-            node=NodeSettings(name=n.name, data_dir=directory / n.name, replicator_password=replicator),
-            tarantool=TarantoolSettings(password=password),
-            api=ApiSettings(keys=[key]),
+            node=NodeSettings(name=n.name, data_dir=directory / n.name,
+                              replicator_password=replicator).model_dump(exclude_defaults=True),
+            tarantool=TarantoolSettings(password=password).model_dump(exclude_defaults=True),
+            api=ApiSettings(keys=[key]).model_dump(exclude_defaults=True),
             # Devices replicate: one node seeds them for all.
-            dispatch=DispatchSettings(demo_devices=demo_devices if i == 0 else 0),
-            apns=fakes.credentials.apns_settings(fakes.ports["apns"]),
-            fcm=fakes.credentials.fcm_settings(fakes.ports["fcm"]),
-            cluster=cluster,
+            dispatch={"demo_devices": demo_devices if i == 0 else 0},
+            apns=fakes.credentials.apns_settings(fakes.ports["apns"]).model_dump(exclude_defaults=True),
+            fcm=fakes.credentials.fcm_settings(fakes.ports["fcm"]).model_dump(exclude_defaults=True),
+            cluster=cluster.model_dump(),
         )
         for i, n in enumerate(nodes)
     ]

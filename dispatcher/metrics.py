@@ -16,6 +16,7 @@ DEAD_LETTERS = Counter("dispatcher_dead_letters_total", "Pushes given up on (per
                        ["platform"])
 EXPIRED = Counter("dispatcher_expired_total", "Pushes dropped unsent because their ttl had passed", ["platform"])
 QUEUE_DEPTH = Gauge("dispatcher_queue_tasks", "Tasks in the node's tubes by state", ["tube", "state"])
+TARANTOOL_MEMORY = Gauge("dispatcher_tarantool_memory_bytes", "The node's Tarantool memory by kind", ["kind"])
 QUEUE_OLDEST = Gauge("dispatcher_queue_oldest_ready_seconds", "Age of the next ready task", ["tube"])
 ENQUEUED = Counter("dispatcher_broadcast_tasks_enqueued_total", "Send tasks enqueued by broadcast fan-out",
                    ["platform"])

@@ -110,6 +110,13 @@ node = {
     fanout_step = dispatch.fanout_step,
     fanout_page_done = dispatch.page_done,
     fanout_latest_page = dispatch.latest_page,
+    -- Memory in bytes: tuples (arena) and indexes, as SREs and benchmarks read it.
+    memory = function()
+        local slab = box.slab.info()
+        local mem = box.info.memory()
+        return {arena_used = slab.arena_used, arena_size = slab.arena_size, quota_used = slab.quota_used,
+                data = mem.data, index = mem.index, lua = mem.lua}
+    end,
     info = function()
         return {
             name = cfg.name,

@@ -197,5 +197,6 @@ async def test_metrics_health_and_readiness(node: Dispatcher, api: Client) -> No
     assert status == 200
     assert 'dispatcher_pushes_total{platform="ios",verdict="delivered"}' in text
     assert 'dispatcher_queue_tasks{state="ready",tube="ios"}' in text
+    assert 'dispatcher_tarantool_memory_bytes{kind="index"}' in text
     assert (await api.call("GET", "/healthz", key=None))[0] == 200
     assert (await api.call("GET", "/readyz", key=None)) == (200, {"ready": True})
