@@ -28,7 +28,7 @@ from dispatcher.messages import Message
 from dispatcher.peers import Peers
 from dispatcher.queue import Queue
 from dispatcher.subscribers import Registration, Subscriber, Subscribers
-from dispatcher.tasks import SendTask
+from dispatcher.tasks import SendTask, send_backlog
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,7 @@ class Api:
     async def _refuse_if_full(self) -> None:
         at, depth = self._depth
         if time.monotonic() - at > 1.0:
-            stats = await self.queue.statistics()
-            depth = sum(stats[t]["tasks"]["ready"] + stats[t]["tasks"]["delayed"] for t in ("ios", "android"))
+            depth = await send_backlog(self.queue)
             self._depth = (time.monotonic(), depth)
         if depth > self.settings.queue_limit:
             raise ApiError(429, f"the node holds {depth} queued pushes, over its limit; retry later",

@@ -38,7 +38,7 @@ from dispatcher.errors import StoreError
 from dispatcher.peers import Peers
 from dispatcher.queue import Queue, Task
 from dispatcher.subscribers import Audience, Cursor, Subscribers
-from dispatcher.tasks import SendTask
+from dispatcher.tasks import SendTask, send_backlog
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +120,7 @@ class FanoutWorker:
             await self.tube.put({"b": broadcast.id, "after": list(after) if after else None})
 
     async def _send_tubes_full(self) -> bool:
-        stats = await self.queue.statistics()
-        ready = sum(stats[name]["tasks"]["ready"] + stats[name]["tasks"]["delayed"] for name in ("ios", "android"))
-        return bool(ready > self.high_water)
+        return await send_backlog(self.queue) > self.high_water
 
     async def _step(self, task: Task) -> None:
         broadcast = await self.broadcasts.get(task.data["b"])

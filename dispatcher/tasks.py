@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from dispatcher.queue import Queue
+
 Platform = Literal["ios", "android"]
 
 
@@ -27,3 +29,13 @@ class SendTask:
     @classmethod
     def from_wire(cls, data: list[Any]) -> SendTask:
         return cls(data[0], data[1], data[2], data[3], data[4], data[5], data[6])
+
+
+SEND_TUBES = ("ios", "android")
+
+
+async def send_backlog(queue: Queue) -> int:
+    """Send tasks waiting on this node (ready or delayed): what the API's 429
+    and the fan-out's high-water mark are measured against."""
+    stats = await queue.statistics()
+    return sum(stats[t]["tasks"]["ready"] + stats[t]["tasks"]["delayed"] for t in SEND_TUBES)
