@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dispatcher import metrics
-from dispatcher.broadcasts import Broadcast, Broadcasts
+from dispatcher.broadcasts import Broadcast, Broadcasts, shown_state
 from dispatcher.config import ApiSettings
 from dispatcher.errors import StoreError, StoreRejected
 from dispatcher.messages import Message
@@ -246,9 +246,7 @@ class Api:
 
     async def _status(self, b: Broadcast) -> dict[str, Any]:
         progress = await self.broadcasts.progress(b.id)
-        state = b.state
-        if state == "running" and progress.get("fanout_done") and progress["pending"] == 0:
-            state = "done"
+        state = shown_state(b, progress)
         progress.pop("fanout_done", None)
         return {"id": b.id, "idempotency_key": b.idempotency_key, "state": state, "created": b.created,
                 "audience": b.spec.get("audience"), "send_at": b.spec.get("send_at"),
@@ -307,6 +305,13 @@ class Api:
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document())
+
+
+def curl_example(base_url: str, key: str) -> str:
+    """A command that starts a broadcast to the demo app, as the banners print it."""
+    spec = '{"message": {"title": "Hello", "body": "from the dispatcher"}, "audience": {"app": "news"}}'
+    return (f"curl -s -X POST {base_url}/v1/broadcasts -H 'Authorization: Bearer {key}' "
+            f"-H 'Idempotency-Key: demo-1' -H 'Content-Type: application/json' -d '{spec}'")
 
 
 def openapi_document() -> dict[str, Any]:

@@ -58,16 +58,21 @@ class Broadcasts:
         body = await self._store.call("node.broadcast_set_state", (id_, state))
         return Broadcast.from_row(body[0])
 
-    async def add_progress(self, deltas: dict[str, dict[str, int]]) -> None:
-        if deltas:
-            await self._store.call("node.progress_add", (deltas,))
-
     async def progress(self, id_: str) -> dict[str, int]:
         body = await self._store.call("node.progress", (id_,))
         total = {name: 0 for name in COUNTERS}
         total.update(body[0] or {})
         total["pending"] = max(0, total["enqueued"] - sum(total[name] for name in SETTLED))
         return total
+
+
+def shown_state(broadcast: Broadcast, progress: dict[str, int]) -> str:
+    """The state readers see: a running broadcast whose fan-out is over and
+    whose pushes are all settled is done (computed, not stored, as every
+    node contributes to it)."""
+    if broadcast.state == "running" and progress.get("fanout_done") and progress["pending"] == 0:
+        return "done"
+    return broadcast.state
 
 
 class BroadcastCache:

@@ -13,6 +13,8 @@ from pathlib import Path
 import uvloop
 from pydantic import ValidationError
 
+from dispatcher.api import curl_example
+from dispatcher.broadcasts import shown_state
 from dispatcher.cluster_up import cluster_up
 from dispatcher.config import Settings, load_settings
 from dispatcher.errors import ConfigError, DispatcherError
@@ -92,11 +94,9 @@ def _banner(node: Dispatcher, seeded: int) -> str:
         lines.append(f"  console:    tarantoolctl connect {s.node.data_dir.resolve() / 'admin.sock'}")
     if seeded:
         lines.append(f"  demo:       {seeded} demo devices registered (app 'news')")
-    spec = '{"message": {"title": "Hello", "body": "from the dispatcher"}, "audience": {"app": "news"}}'
     lines += [
         "Start a broadcast:",
-        f"  curl -s -X POST {api}/v1/broadcasts -H 'Authorization: Bearer {key}' "
-        f"-H 'Idempotency-Key: demo-1' -H 'Content-Type: application/json' -d '{spec}'",
+        f"  {curl_example(api, key)}",
         "Ctrl-C stops it.",
     ]
     return "\n".join(lines)
@@ -110,7 +110,7 @@ async def _show_progress(node: Dispatcher, stop: asyncio.Event) -> None:
         try:
             for b in await node.broadcasts.list(5):
                 p = await node.broadcasts.progress(b.id)
-                state = "done" if p.get("fanout_done") and p["pending"] == 0 else b.state
+                state = shown_state(b, p)
                 now = (state, p["delivered"] + p["dead_tokens"] + p["failed"] + p["expired"])
                 if last.get(b.id) != now and (b.state == "running" or b.id in last):
                     print(f"broadcast {b.id} [{state}]: {p['delivered']} delivered of {p['targeted']} targeted, "

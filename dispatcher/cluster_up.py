@@ -15,6 +15,7 @@ from typing import BinaryIO
 
 from pydantic import SecretStr
 
+from dispatcher.api import curl_example
 from dispatcher.config import (
     ApiKey,
     ApiSettings,
@@ -128,9 +129,7 @@ async def cluster_up(count: int, directory: Path, tarantool_base: int, http_base
             f"  API key: {key}",
             f"  fake gateways' stats: http://127.0.0.1:{fakes.ports['stats']}/stats",
             "Start a broadcast on any node:",
-            f"  curl -s -X POST http://{nodes[0].api.host}:{nodes[0].api.port}/v1/broadcasts "
-            f"-H 'Authorization: Bearer {key}' -H 'Idempotency-Key: demo-1' -H 'Content-Type: application/json' "
-            "-d '{\"message\": {\"title\": \"Hello\"}, \"audience\": {\"app\": \"news\"}}'",
+            f"  {curl_example(f'http://{nodes[0].api.host}:{nodes[0].api.port}', key)}",
             "Ctrl-C stops them all.",
         ]
         print("\n".join(lines), flush=True)

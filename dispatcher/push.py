@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 
@@ -26,7 +26,6 @@ class Push:
     push_type: str = "alert"
     topic: str | None = None
     push_id: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Verdict(enum.StrEnum):

@@ -58,6 +58,7 @@ class SendWorker:
         self.store = store
         self.broadcasts = broadcasts
         self.cache = BroadcastCache(broadcasts)
+        self._bodies: dict[str, dict[str, Any]] = {}  # broadcast id -> gateway body
         self.subscribers = Subscribers(store)
         self.backoff = backoff
         self.batch = batch
@@ -81,19 +82,24 @@ class SendWorker:
                 # Bookkeeping is not to be cut short by a stop.
                 await asyncio.shield(self._settle(attempts))
 
+    def _body(self, message: dict[str, Any]) -> dict[str, Any]:
+        m = Message.model_validate(message)
+        return apns_payload(m) if self.platform == "ios" else fcm_message(m)
+
     async def _payload(self, send: SendTask) -> tuple[dict[str, Any], str | None] | None:
         """The gateway body and collapse key, or None if the broadcast is gone
-        or cancelled."""
+        or cancelled. A broadcast's body is built once, not once per push."""
         if send.kind == "m":
-            message, collapse_key = Message.model_validate(send.ref["message"]), send.ref.get("collapse_key")
-        else:
-            broadcast = await self.cache.get(send.ref)
-            if broadcast is None or broadcast.state == "cancelled":
-                return None
-            message = Message.model_validate(broadcast.spec["message"])
-            collapse_key = broadcast.spec.get("collapse_key")
-        body = apns_payload(message) if self.platform == "ios" else fcm_message(message)
-        return body, collapse_key
+            return self._body(send.ref["message"]), send.ref.get("collapse_key")
+        broadcast = await self.cache.get(send.ref)
+        if broadcast is None or broadcast.state == "cancelled":
+            return None
+        body = self._bodies.get(broadcast.id)
+        if body is None:
+            if len(self._bodies) > 10_000:
+                self._bodies.clear()
+            body = self._bodies[broadcast.id] = self._body(broadcast.spec["message"])
+        return body, broadcast.spec.get("collapse_key")
 
     async def _attempt(self, task: Task) -> _Attempt:
         send = SendTask.from_wire(task.data)

@@ -102,7 +102,6 @@ node = {
     broadcast_get = broadcasts.get,
     broadcast_list = broadcasts.list,
     broadcast_set_state = broadcasts.set_state,
-    progress_add = broadcasts.progress_add,
     progress = broadcasts.progress,
     dead_letter_put_many = dead_letters.put_many,
     dead_letter_list = dead_letters.list,

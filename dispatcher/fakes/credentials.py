@@ -44,10 +44,6 @@ class FakeCredentials:
                    directory / f"AuthKey_{apns_key_id}.p8", apns_key_id, apns_team_id,
                    directory / "fcm-service-account.json", "fake-project")
 
-    @property
-    def apns_key_pem(self) -> str:
-        return self.apns_key_path.read_text()
-
     def apns_public_key(self) -> ec.EllipticCurvePublicKey:
         key = serialization.load_pem_private_key(self.apns_key_path.read_bytes(), password=None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)

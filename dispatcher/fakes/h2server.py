@@ -264,10 +264,6 @@ class H2Server:
         bound: int = self._server.sockets[0].getsockname()[1]
         return bound
 
-    def goaway_all(self) -> None:
-        for connection in list(self.connections):
-            connection.goaway()
-
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
