@@ -12,6 +12,11 @@ from dispatcher.store import Store
 # Progress counters, summed over nodes.
 COUNTERS = ("targeted", "enqueued", "delivered", "dead_tokens", "failed", "expired", "cancelled", "retries")
 SETTLED = ("delivered", "dead_tokens", "failed", "expired", "cancelled")
+# What the whole audience weighs in the fanout_done counter: the fan-out is
+# over when the nodes' counters sum to it (see lua/node/fanout.lua). A power
+# of two, under 2^47 so that Tarantool hands it to Lua as a number, which
+# parts can halve 46 times.
+FANOUT_WEIGHT = 2**46
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +47,10 @@ class Broadcasts:
         """The broadcast for this key: created now (True) with its first fan-out
         task due in ``start_in_s``, or the one that was."""
         id_ = broadcast_id(idempotency_key)
-        first_task = [{"b": id_, "after": None}, max(0.0, start_in_s)]
+        first: dict[str, Any] = {"b": id_, "after": None}
+        if spec.get("strategy") == "cascade":
+            first = {"b": id_, "range": [None, None, None, FANOUT_WEIGHT]}  # the whole index
+        first_task = [first, max(0.0, start_in_s)]
         body = await self._store.call("node.broadcast_create", (id_, idempotency_key, state, spec, first_task))
         return Broadcast.from_row(body[0]), bool(body[1])
 
@@ -70,7 +78,7 @@ def shown_state(broadcast: Broadcast, progress: dict[str, int]) -> str:
     """The state readers see: a running broadcast whose fan-out is over and
     whose pushes are all settled is done (computed, not stored, as every
     node contributes to it)."""
-    if broadcast.state == "running" and progress.get("fanout_done") and progress["pending"] == 0:
+    if broadcast.state == "running" and progress.get("fanout_done", 0) >= FANOUT_WEIGHT and progress["pending"] == 0:
         return "done"
     return broadcast.state
 

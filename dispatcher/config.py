@@ -192,7 +192,10 @@ class DispatchSettings(BaseModel):
     fanout_page: int = Field(1000, ge=1, le=10000)
     # Fan-out pauses above this many ready and delayed send tasks.
     high_water: int = Field(200_000, ge=1)
-    # A baton that has not moved this long is re-issued by the next node.
+    # A cascade range is cut into at most this many parts at a time.
+    cascade_parts: int = Field(64, ge=2, le=1024)
+    # A baton that has not moved this long, and the fan-out tasks of a node
+    # down this long, are re-issued by a live node.
     baton_silence_s: float = Field(15.0, gt=0)
     retry_base_s: float = Field(1.0, gt=0)
     retry_cap_s: float = Field(300.0, gt=0)

@@ -1,25 +1,30 @@
-"""Broadcast fan-out: a fan-out task ``{"b": id, "after": cursor}`` in a
-node's ``fanout`` tube stands for "the rest of the audience after cursor".
-A step reads one page of the audience from the local replica, enqueues its
-send tasks, and hands on the task for the next page. Fan-out waits while the
-send tubes are above the high-water mark, so a huge broadcast never needs
-all of its tasks in memory at once.
+"""Broadcast fan-out, in two strategies chosen per broadcast. The steps that
+touch subscribers run inside Tarantool (lua/node/fanout.lua): a step reads
+its slice of the audience from the local replica and enqueues the send
+tasks in one transaction, with the slice's marker, its progress and the ack
+of the fan-out task, so a crash re-runs a step that left nothing behind and
+a slice is enqueued once whichever node runs it. This worker decides where
+the work goes.
 
-In a cluster the next-page task is a baton: it goes to the next live node
-in the ring *before* this node enqueues its page, so the broadcast moves on
-even if this node dies now. A replicated marker per page makes pages
-idempotent (a page whose baton ran twice is enqueued once), and the newest
-marker is the checkpoint: when no page has been done for ``baton_silence_s``,
-the ring successor of the node that did the last one re-issues the baton
-from there.
+*Baton* ``{"b", "after"}``: "the audience after this cursor". A step finds
+where its page ends, hands the baton for the rest to the next live node in
+the ring *before* enqueuing its page (if this node dies now the broadcast
+goes on), then enqueues the page. The newest page marker is the checkpoint:
+when no page has been done for ``baton_silence_s``, the ring successor of
+the node that did the last one re-issues the baton from there.
 
-Scheduling: ``send_at`` delays the first fan-out task (not each push);
-``local_time`` ("08:00") delays each device's task to that hour in its own
-time zone, one ``put_many`` per (platform, zone) of a page.
+*Cascade* ``{"b", "range": [after, upto, n, weight]}``: a range of about n
+index rows. A small range becomes send tasks; a big one is cut into parts
+(by position in the index, so skewed keys cut evenly) dealt round the live
+nodes. Parts for other nodes wait in this node's tube as ``{..., "to"}``
+until forwarded, so a cut commits all at once. Every part has a holder row;
+the parts held by a node down for ``baton_silence_s`` are re-issued by its
+ring successor (as is a broadcast's first task, whatever the strategy).
 
-A step (the page's send tasks, the progress counters, the next step's task
-when it stays here, the page marker and this step's ack) is one Tarantool
-transaction, so a crash re-runs a step that left nothing behind.
+Fan-out waits while the send tubes are above the high-water mark, so a huge
+broadcast never needs all of its tasks in memory at once. ``send_at``
+delays the first fan-out task (not each push); ``local_time`` ("08:00")
+delays each device's task to that hour in its own time zone.
 """
 
 from __future__ import annotations
@@ -28,20 +33,18 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections import defaultdict
+from functools import cache
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from dispatcher import metrics
-from dispatcher.broadcasts import Broadcasts
+from dispatcher.broadcasts import FANOUT_WEIGHT, Broadcast, Broadcasts
 from dispatcher.errors import StoreError
 from dispatcher.peers import Peers
 from dispatcher.queue import Queue, Task
-from dispatcher.subscribers import Audience, Cursor, Subscribers
-from dispatcher.tasks import SendTask, send_backlog
+from dispatcher.tasks import send_backlog
 
 log = logging.getLogger(__name__)
-
 
 def local_delay_s(local_time: str, tz: str, now: float) -> float:
     """Seconds from ``now`` until the next ``local_time`` (HH:MM) in ``tz``
@@ -58,31 +61,28 @@ def local_delay_s(local_time: str, tz: str, now: float) -> float:
     return target.timestamp() - now
 
 
-def page_key(cursor: Cursor | None) -> str:
-    """A page's name in the markers: the cursor before it ("^" at the start)."""
-    return "^" if cursor is None else f"{cursor[0]}\x00{cursor[1]}"
-
-
-def page_cursor(key: str) -> Cursor | None:
-    if key == "^":
-        return None
-    user_id, _, token = key.partition("\x00")
-    return (user_id, token)
+@cache
+def all_zones() -> list[str]:
+    return sorted(available_timezones() | {"UTC"})
 
 
 class FanoutWorker:
-    def __init__(self, queue: Queue, subscribers: Subscribers, broadcasts: Broadcasts,
-                 page_size: int = 1000, high_water: int = 200_000, peers: Peers | None = None,
-                 baton_silence_s: float = 15.0) -> None:
+    def __init__(self, me: str, queue: Queue, broadcasts: Broadcasts, page_size: int = 1000,
+                 high_water: int = 200_000, peers: Peers | None = None, baton_silence_s: float = 15.0,
+                 cascade_parts: int = 64) -> None:
+        self.me = me
         self.queue = queue
         self.tube = queue.tube("fanout")
         self.store = queue.store
-        self.subscribers = subscribers
         self.broadcasts = broadcasts
         self.page_size = page_size
         self.high_water = high_water
         self.peers = peers
         self.baton_silence_s = baton_silence_s
+        self.cascade_parts = cascade_parts
+        self._zone_at: dict[str, tuple[float, dict[str, float]]] = {}
+        self._reissued: dict[tuple[str, Any], float] = {}
+        self._backlog = (0.0, 0)
 
     async def run(self, stop: asyncio.Event) -> None:
         next_watch = time.monotonic() + self.baton_silence_s / 3
@@ -93,39 +93,44 @@ class FanoutWorker:
                     await self._step(task)
                 if self.peers is not None and time.monotonic() >= next_watch:
                     next_watch = time.monotonic() + self.baton_silence_s / 3
-                    await self._watch_batons()
+                    await self._watch()
             except StoreError as e:
                 log.warning("fan-out: %s", e)
                 await asyncio.sleep(1)
 
-    async def _watch_batons(self) -> None:
-        """Re-issues the baton of a running broadcast whose fan-out has not
-        moved for baton_silence_s, if this node is the ring successor of the
-        node that moved it last."""
-        assert self.peers is not None
-        for broadcast in await self.broadcasts.list(50):
-            if broadcast.state != "running":
-                continue
-            latest = (await self.store.call("node.fanout_latest_page", (broadcast.id,)))
-            if not latest or latest[0] is None:
-                continue
-            _, next_key, node, at = latest[0]
-            silent = time.time() - at > self.baton_silence_s
-            if not next_key or not silent or self.peers.next_alive(node) != self.peers.me:
-                continue
-            if (await self.store.call("node.fanout_page_done", (broadcast.id, next_key)))[0]:
-                continue
-            log.warning("fan-out: baton of %s silent since %s left it; re-issuing it here", broadcast.id, node)
-            after = page_cursor(next_key)
-            await self.tube.put({"b": broadcast.id, "after": list(after) if after else None})
+    async def _call(self, function: str, *args: Any) -> list[Any]:
+        return await self.store.call("node." + function, args)
 
     async def _send_tubes_full(self) -> bool:
-        return await send_backlog(self.queue) > self.high_water
+        # Counting the tubes walks their indexes, so between counts (at most
+        # a quarter second apart) the backlog is estimated: the last count
+        # plus what this worker enqueued since. It only ever overestimates.
+        at, backlog = self._backlog
+        if time.monotonic() - at > 0.25 or backlog > self.high_water:
+            backlog = await send_backlog(self.queue)
+            self._backlog = (time.monotonic(), backlog)
+        return backlog > self.high_water
+
+    def _zones(self, broadcast: Broadcast) -> dict[str, float] | None:
+        """For a local_time broadcast: when that hour next comes in each zone
+        (epoch seconds), worked out once a minute."""
+        local_time = broadcast.spec.get("local_time")
+        if not local_time:
+            return None
+        now = time.time()
+        at, zones = self._zone_at.get(local_time, (0.0, {}))
+        if now - at > 60:
+            zones = {z: now + local_delay_s(local_time, z, now) for z in all_zones()}
+            self._zone_at[local_time] = (now, zones)
+        return zones
 
     async def _step(self, task: Task) -> None:
         broadcast = await self.broadcasts.get(task.data["b"])
         if broadcast is None or broadcast.state in ("cancelled", "done"):
             await self.tube.ack(task.id)
+            return
+        if "to" in task.data:
+            await self._forward(task, broadcast)
             return
         if await self._send_tubes_full():
             await self.tube.release(task.id, delay_s=1.0)
@@ -133,48 +138,91 @@ class FanoutWorker:
         if broadcast.state == "scheduled":
             await self.broadcasts.set_state(broadcast.id, "running")
             metrics.BROADCASTS.labels("started").inc()
-        spec = broadcast.spec
-        after: Cursor | None = tuple(task.data["after"]) if task.data.get("after") else None
-        key = page_key(after)
-        if (await self.store.call("node.fanout_page_done", (broadcast.id, key)))[0]:
-            await self.tube.ack(task.id)  # this baton ran elsewhere already
-            return
-        audience = Audience(spec["audience"].get("app"), spec["audience"].get("platform"),
-                            tuple(spec["audience"].get("topics") or ()))
-        rows, cursor = await self.subscribers.page(after, self.page_size, audience)
-        now = time.time()
-        groups: dict[tuple[str, float], list[Any]] = defaultdict(list)
-        delays: dict[str, float] = {}
-        for sub in rows:
-            delay = 0.0
-            if spec.get("local_time"):
-                if sub.tz not in delays:
-                    delays[sub.tz] = local_delay_s(spec["local_time"], sub.tz, now)
-                delay = delays[sub.tz]
-            expires_at = now + delay + spec["ttl_s"]
-            groups[(sub.platform, delay)].append(
-                SendTask("b", broadcast.id, sub.token, sub.platform, expires_at).wire())
-        batches: list[tuple[str, float, list[Any]]] = [(p, d, items) for (p, d), items in groups.items()]
-        counts = {"targeted": len(rows), "enqueued": len(rows)}
-        if cursor is None:
-            counts["fanout_done"] = 1
-        next_task = {"b": broadcast.id, "after": list(cursor)} if cursor is not None else None
+        if "range" in task.data:
+            opts = {"leaf": self.page_size, "parts": self.cascade_parts, "targets": self._targets(),
+                    "zone_at": self._zones(broadcast)}
+            put, finished = await self._call("fanout_range_step", task.id, broadcast.id, task.data, opts)
+        else:
+            put, finished = await self._baton(task, broadcast)
+        for platform, n in (put or {}).items():
+            metrics.ENQUEUED.labels(platform).inc(n)
+            self._backlog = (self._backlog[0], self._backlog[1] + n)
+        if finished and (await self.broadcasts.progress(broadcast.id)).get("fanout_done", 0) >= FANOUT_WEIGHT:
+            metrics.BROADCASTS.labels("fanned_out").inc()
+
+    async def _baton(self, task: Task, broadcast: Broadcast) -> list[Any]:
+        after = task.data.get("after")
+        done, cursor = await self._call("fanout_next_cursor", broadcast.id, after, self.page_size)
+        if done:  # this baton ran elsewhere already
+            await self.tube.ack(task.id)
+            return [None, 0]
+        next_task = {"b": broadcast.id, "after": cursor} if cursor is not None else None
         if next_task is not None and self.peers is not None:
             # The baton goes first: if this node dies now, the broadcast goes on.
             target = self.peers.next_alive()
-            if target != self.peers.me:
+            if target != self.me:
                 try:
                     await self.peers.queue(target).tube("fanout").put(next_task)
                     next_task = None
                 except StoreError as e:
                     log.warning("fan-out: cannot hand the baton to %s (%s); keeping it", target, e)
-        # One transaction: the page's tasks, the progress, the next step (if
-        # kept here), the page's marker and this step's ack.
-        page = [key, page_key(cursor) if cursor is not None else "", broadcast.id]
-        done = await self.store.call("node.fanout_step", (task.id, batches, {broadcast.id: counts}, next_task, page))
-        if not done[0]:
-            return  # another node did this page meanwhile
-        for platform, _, items in batches:
-            metrics.ENQUEUED.labels(platform).inc(len(items))
-        if cursor is None:
-            metrics.BROADCASTS.labels("fanned_out").inc()
+        opts = {"weight": FANOUT_WEIGHT if cursor is None else 0, "next": next_task,
+                "zone_at": self._zones(broadcast)}
+        return await self._call("fanout_enqueue", task.id, broadcast.id, task.data, after, cursor, opts)
+
+    def _targets(self) -> list[str]:
+        """Where cascade parts go: this node, then the live peers in ring order."""
+        if self.peers is None:
+            return [self.me]
+        ring = self.peers.ring
+        start = ring.index(self.me)
+        alive = set(self.peers.alive())
+        return [self.me] + [n for n in ring[start + 1:] + ring[:start] if n in alive]
+
+    async def _forward(self, task: Task, broadcast: Broadcast) -> None:
+        """Sends a cascade part waiting here on to its node, or to the next
+        live one, or keeps it when no peer takes it."""
+        part = {"b": broadcast.id, "range": task.data["range"]}
+        target = task.data["to"]
+        if self.peers is not None and target not in self.peers.alive():
+            target = self.peers.next_alive(target)
+        if self.peers is not None and target != self.me:
+            try:
+                await self.peers.queue(target).tube("fanout").put(part)
+            except StoreError as e:
+                log.warning("fan-out: cannot forward a range to %s (%s); keeping it", target, e)
+                target = self.me
+        await self._call("fanout_forwarded", task.id, broadcast.id, part, target)
+
+    async def _watch(self) -> None:
+        """Re-issues fan-out work that stopped: the tasks held by a node down
+        for baton_silence_s, and batons silent that long, each by the ring
+        successor of the node it was left with."""
+        assert self.peers is not None
+        down = self.peers.down_for(self.baton_silence_s)
+        for broadcast in await self.broadcasts.list(50):
+            if broadcast.state not in ("scheduled", "running"):
+                continue
+            if down:
+                for _, data, node, due in (await self._call("fanout_orphans", broadcast.id, down))[0]:
+                    if self.peers.next_alive(node) == self.me:
+                        log.warning("fan-out: %s held a task of %s and is down; re-issuing it here",
+                                    node, broadcast.id)
+                        await self._call("fanout_reissue", broadcast.id, data, due)
+            if broadcast.state == "running" and broadcast.spec.get("strategy") != "cascade":
+                await self._watch_baton(broadcast)
+
+    async def _watch_baton(self, broadcast: Broadcast) -> None:
+        assert self.peers is not None
+        latest = (await self._call("fanout_latest_page", broadcast.id))[0]
+        if latest is None:
+            return
+        _, after, node, at = latest
+        if after is None or time.time() - at <= self.baton_silence_s or self.peers.next_alive(node) != self.me:
+            return
+        key = (broadcast.id, tuple(after))
+        if time.monotonic() - self._reissued.get(key, -1e9) <= self.baton_silence_s:
+            return  # re-issued here already; it may be waiting for the send tubes
+        self._reissued[key] = time.monotonic()
+        log.warning("fan-out: baton of %s silent since %s left it; re-issuing it here", broadcast.id, node)
+        await self._call("fanout_reissue", broadcast.id, {"b": broadcast.id, "after": after}, time.time())

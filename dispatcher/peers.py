@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from dispatcher.config import ClusterSettings, TarantoolSettings
 from dispatcher.errors import NodeMisconfigured, StoreError
@@ -25,6 +26,7 @@ class Peers:
                 host, _, port = node.tarantool.rpartition(":")
                 self._stores[node.name] = Store(tarantool.model_copy(update={"host": host, "port": int(port)}))
         self._tasks: list[asyncio.Task[None]] = []
+        self._down_since: dict[str, float] = {}
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._keep_connected(name, store))
@@ -47,6 +49,17 @@ class Peers:
     def alive(self) -> list[str]:
         """Peers whose connection is up, in ring order."""
         return [n for n in self.ring if n in self._stores and self._stores[n].connected]
+
+    def down_for(self, min_s: float) -> list[str]:
+        """Peers seen down on every look for at least ``min_s`` seconds."""
+        now = time.monotonic()
+        up = set(self.alive())
+        for name in self._stores:
+            if name in up:
+                self._down_since.pop(name, None)
+            else:
+                self._down_since.setdefault(name, now)
+        return [n for n, since in self._down_since.items() if now - since >= min_s]
 
     def next_alive(self, after: str | None = None) -> str:
         """The next node after ``after`` (default: this one) in ring order whose

@@ -66,8 +66,8 @@ class Dispatcher:
                        d.loops_per_platform),
             SendWorker("android", self.queue.tube("android"), fcm, self.store, self.broadcasts, backoff, d.batch,
                        d.loops_per_platform),
-            FanoutWorker(self.queue, self.subscribers, self.broadcasts, d.fanout_page, d.high_water, self.peers,
-                         d.baton_silence_s),
+            FanoutWorker(s.node.name, self.queue, self.broadcasts, d.fanout_page, d.high_water, self.peers,
+                         d.baton_silence_s, d.cascade_parts),
         ]
         self._workers = [asyncio.create_task(w.run(self._stop)) for w in workers]
         if s.api.keys is None:

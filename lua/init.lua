@@ -22,6 +22,7 @@ local subscribers = require('node.subscribers')
 local broadcasts = require('node.broadcasts')
 local dead_letters = require('node.dead_letters')
 local dispatch = require('node.dispatch')
+local fanout = require('node.fanout')
 -- Global, as tarantool/queue: clients call `queue.tube.<name>:<method>`.
 queue = require('queue')
 
@@ -98,7 +99,7 @@ node = {
     subscriber_remove = subscribers.remove,
     subscriber_remove_many = subscribers.remove_many,
     subscribers_page = subscribers.page,
-    broadcast_create = broadcasts.create,
+    broadcast_create = fanout.create,
     broadcast_get = broadcasts.get,
     broadcast_list = broadcasts.list,
     broadcast_set_state = broadcasts.set_state,
@@ -106,9 +107,13 @@ node = {
     dead_letter_put_many = dead_letters.put_many,
     dead_letter_list = dead_letters.list,
     settle = dispatch.settle,
-    fanout_step = dispatch.fanout_step,
-    fanout_page_done = dispatch.page_done,
-    fanout_latest_page = dispatch.latest_page,
+    fanout_next_cursor = fanout.next_cursor,
+    fanout_enqueue = fanout.enqueue,
+    fanout_range_step = fanout.range_step,
+    fanout_forwarded = fanout.forwarded,
+    fanout_orphans = fanout.orphans,
+    fanout_reissue = fanout.reissue,
+    fanout_latest_page = fanout.latest_page,
     -- Memory in bytes: tuples (arena) and indexes, as SREs and benchmarks read it.
     memory = function()
         local slab = box.slab.info()

@@ -17,6 +17,7 @@ M.BROADCAST = {id = 1, idempotency_key = 2, state = 3, created = 4, updated = 5,
                origin = 6, spec = 7}
 M.PROGRESS = {broadcast_id = 1, node = 2, counters = 3, updated = 4, origin = 5}
 M.FANOUT_PAGE = {broadcast_id = 1, after = 2, next = 3, node = 4, at = 5, updated = 6, origin = 7}
+M.FANOUT_HOLDER = {broadcast_id = 1, key = 2, data = 3, node = 4, due = 5, updated = 6, origin = 7}
 
 -- Replicated spaces and where their version lives (see versioned.lua).
 M.VERSIONED = {
@@ -24,6 +25,7 @@ M.VERSIONED = {
     broadcast = {updated = M.BROADCAST.updated, origin = M.BROADCAST.origin},
     progress = {updated = M.PROGRESS.updated, origin = M.PROGRESS.origin},
     fanout_page = {updated = M.FANOUT_PAGE.updated, origin = M.FANOUT_PAGE.origin},
+    fanout_holder = {updated = M.FANOUT_HOLDER.updated, origin = M.FANOUT_HOLDER.origin},
 }
 
 -- Node-local send and fan-out tubes: name, type, space id.
@@ -133,6 +135,28 @@ migrations[2] = function()
     s:create_index('key', {parts = {{'broadcast_id', 'string'}, {'after', 'string'}}, if_not_exists = true})
     s:create_index('at', {parts = {{'broadcast_id', 'string'}, {'at', 'number'}}, unique = false,
                           if_not_exists = true})
+end
+
+-- Who holds each fan-out task that is still to run (a broadcast's first
+-- task, a cascade range), keyed like its page marker: a task held by a
+-- dead node is re-issued by a live one.
+migrations[3] = function()
+    local s = box.schema.space.create('fanout_holder', {
+        id = 518,
+        if_not_exists = true,
+        format = {
+            {name = 'broadcast_id', type = 'string'},
+            {name = 'key', type = 'string'},
+            {name = 'data', type = 'map'},
+            {name = 'node', type = 'string'},
+            {name = 'due', type = 'number'},
+            {name = 'updated', type = 'unsigned'},
+            {name = 'origin', type = 'string'},
+        },
+    })
+    s:create_index('key', {parts = {{'broadcast_id', 'string'}, {'key', 'string'}}, if_not_exists = true})
+    s:create_index('node', {parts = {{'broadcast_id', 'string'}, {'node', 'string'}}, unique = false,
+                            if_not_exists = true})
 end
 
 function M.version()

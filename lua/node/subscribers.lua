@@ -6,6 +6,9 @@
 local schema = require('node.schema')
 local versioned = require('node.versioned')
 
+local fiber = require('fiber')
+local key_def = require('key_def')
+
 local S = schema.SUBSCRIBER
 local VERSION = schema.VERSIONED.subscriber
 local PLATFORMS = {ios = true, android = true}
@@ -135,34 +138,88 @@ local function matches(t, audience)
              or contains_any(t[S.topics], audience.topics))
 end
 
--- The next page of the audience in (user_id, token) order, strictly after
--- `after` ({user_id, token}, or nil for the start). Returns the rows and
--- the cursor to continue from: the key of the last row looked at, or nil
--- when the index is exhausted. A page may hold fewer than `limit` rows
--- (even none) when the scan budget ran out first; keep going while the
--- cursor is not nil.
+local user_key_def
+
+-- Row t's (user_id, token) against a cursor: <0 before it, 0 at, >0 past.
+local function compare(t, cursor)
+    user_key_def = user_key_def or key_def.new(box.space.subscriber.index.user.parts)
+    return user_key_def:compare_with_key(t, cursor)
+end
+
+local function cursor_of(t)
+    return {t[S.user_id], t[S.token]}
+end
+
+local function rows_after(after)
+    local index = box.space.subscriber.index.user
+    if after == nil or #after == 0 then
+        return index:pairs({}, {iterator = 'GE'})
+    end
+    return index:pairs(after, {iterator = 'GT'})
+end
+
+-- The audience's rows in (user_id, token) order in (after, upto] (nil:
+-- from the start, to the end): at most `limit` of them, looking at no
+-- more than `budget` rows. Returns the rows and the cursor to continue
+-- from (the key of the last row looked at), or nil when the range is done.
+function M.scan(after, upto, audience, limit, budget)
+    audience = audience or {}
+    local rows = {}
+    for _, t in rows_after(after) do
+        local last = false
+        if upto ~= nil then
+            local c = compare(t, upto)
+            if c > 0 then
+                return rows, nil
+            end
+            last = c == 0
+        end
+        if matches(t, audience) then
+            table.insert(rows, t)
+        end
+        if last then
+            return rows, nil
+        end
+        budget = budget - 1
+        if #rows >= limit or budget <= 0 then
+            return rows, cursor_of(t)
+        end
+    end
+    return rows, nil
+end
+
+-- The next page of the audience after `after`, at most `limit` rows and a
+-- scan of SCAN_FACTOR rows per row asked for, so a narrow audience cannot
+-- hold the transaction thread for long. A page may come back short (even
+-- empty) with a cursor: keep going while the cursor is not nil.
 function M.page(after, limit, audience)
     if type(limit) ~= 'number' or limit < 1 then
         fail('page limit must be a positive number, got %s', tostring(limit))
     end
-    audience = audience or {}
-    local rows = {}
-    local budget = limit * SCAN_FACTOR
+    return M.scan(after, nil, audience, limit, limit * SCAN_FACTOR)
+end
+
+-- Cursors that cut (after, upto] into parts of `step` index rows each (the
+-- last part takes the rest), at most max_parts parts. Counted in index
+-- order, not by key value, so skewed or non-numeric ids split evenly; the
+-- offsets are walked in C, and the fiber yields between cuts.
+function M.cuts(after, upto, step, max_parts)
     local index = box.space.subscriber.index.user
-    local iter = 'GT'
-    if after == nil or #after == 0 then
-        after, iter = {}, 'GE'
-    end
-    for _, t in index:pairs(after, {iterator = iter}) do
-        if matches(t, audience) then
-            table.insert(rows, t)
+    local out = {}
+    while #out < max_parts - 1 do
+        local key, iterator = after, 'GT'
+        if after == nil or #after == 0 then
+            key, iterator = {}, 'GE'
         end
-        budget = budget - 1
-        if #rows >= limit or budget <= 0 then
-            return rows, {t[S.user_id], t[S.token]}
+        local t = index:select(key, {iterator = iterator, offset = step - 1, limit = 1})[1]
+        if t == nil or (upto ~= nil and compare(t, upto) >= 0) then
+            break
         end
+        after = cursor_of(t)
+        table.insert(out, after)
+        fiber.yield()
     end
-    return rows, nil
+    return out
 end
 
 return M

@@ -129,8 +129,8 @@ test:test('settings: defaults, file-free overrides, and clear errors', function(
            'cannot read NODE_CONFIG', 'missing file')
 end)
 
-test:test('settling and fan-out steps are all or nothing', function(t)
-    t:plan(6)
+test:test('settling is all or nothing', function(t)
+    t:plan(5)
     local dispatch = require('node.dispatch')
     local broadcasts = require('node.broadcasts')
     local tube = queue.tube.android
@@ -147,12 +147,6 @@ test:test('settling and fan-out steps are all or nothing', function(t)
     t:is_deeply(dispatch.settle('android', {again[1][1]}, {{taken[2][1], {delay = 60}}}, {},
                                 {bx = {delivered = 1, retries = 1}}), {}, 'a good call settles')
     t:is(broadcasts.progress('bx').delivered, 1, 'with its progress')
-    local step = queue.tube.fanout:put({b = 'bx'})
-    queue.tube.fanout:take(0)
-    dispatch.fanout_step(step[1], {{'ios', 0, {'x', 'y'}}, {'ios', 30, {'z'}}}, {bx = {enqueued = 3}}, {b = 'bx', after = {'u', 't'}})
-    local s = queue.tube.ios:statistics().tasks
-    t:ok(s.ready >= 2 and s.delayed >= 1 and queue.tube.fanout:statistics().tasks.ready == 1,
-         'a fan-out step enqueues its page and the next step, and acks its own')
 end)
 
 test:test('guest has no rights beyond the defaults', function(t)
