@@ -1,9 +1,9 @@
-"""A broadcast across a local three-node cluster (`dispatcher cluster up`):
-time until every send task is enqueued (the fan-out), optionally time until
-the last push is delivered, and Tarantool memory per node with the devices
-loaded.
+"""A broadcast across a local three-node cluster (`dispatcher cluster up`),
+for each fan-out strategy: time until every send task is enqueued (the
+fan-out), optionally time until the last push is delivered, and Tarantool
+memory per node with the devices loaded.
 
-    .venv/bin/python -m bench.cluster [--devices 1000000] [--wait-delivery]
+    .venv/bin/python -m bench.cluster [--devices 1000000] [--strategy baton|cascade|both] [--wait-delivery]
 
 Devices are registered on node1 and replicate to the others before the
 broadcast starts. The fan-out's high-water mark is lifted so that it is
@@ -31,9 +31,35 @@ from dispatcher.store import Store
 from dispatcher.subscribers import Registration, Subscribers
 
 
+async def broadcast(apis: list[str], key: str, store: Store, strategy: str, devices: int,
+                    wait_delivery: bool) -> tuple[str, float, float | None, dict[str, dict[str, int]]]:
+    """Starts a broadcast to every device on node1 and follows it on node2."""
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": f"bench-cluster-{strategy}"}
+    spec = {"message": {"title": "Bench", "body": "cluster"}, "audience": {"app": "news"}, "strategy": strategy}
+    async with aiohttp.ClientSession() as http:
+        started = time.monotonic()
+        async with http.post(f"{apis[0]}/v1/broadcasts", json=spec, headers=headers) as r:
+            created = await r.json()
+        enqueued_s = delivered_s = None
+        while True:
+            await asyncio.sleep(0.1)
+            async with http.get(f"{apis[1]}/v1/broadcasts/{created['id']}", headers=headers) as r:
+                p = (await r.json())["progress"]
+            if enqueued_s is None and p["enqueued"] >= devices:
+                enqueued_s = time.monotonic() - started
+                if not wait_delivery:
+                    break
+            if p["delivered"] + p["dead_tokens"] + p["failed"] >= devices:
+                delivered_s = time.monotonic() - started
+                break
+    per_node = (await store.call("node.progress", (created["id"],)))[1]
+    return strategy, enqueued_s, delivered_s, per_node
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=1_000_000)
+    parser.add_argument("--strategy", choices=("baton", "cascade", "both"), default="both")
     parser.add_argument("--wait-delivery", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -70,26 +96,9 @@ async def main() -> None:
                     await asyncio.sleep(0.2)
             replicated_s = time.monotonic() - started
             memory = [(await s.call("node.memory"))[0] for s in stores]
-            headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "bench-cluster"}
-            spec = {"message": {"title": "Bench", "body": "cluster"}, "audience": {"app": "news"}}
-            async with aiohttp.ClientSession() as http:
-                started = time.monotonic()
-                async with http.post(f"{apis[0]}/v1/broadcasts", json=spec, headers=headers) as r:
-                    broadcast = await r.json()
-                enqueued_s = delivered_s = None
-                while True:
-                    await asyncio.sleep(0.2)
-                    async with http.get(f"{apis[1]}/v1/broadcasts/{broadcast['id']}", headers=headers) as r:
-                        status = await r.json()
-                    p = status["progress"]
-                    if enqueued_s is None and p["enqueued"] >= args.devices:
-                        enqueued_s = time.monotonic() - started
-                        if not args.wait_delivery:
-                            break
-                    if p["delivered"] + p["dead_tokens"] + p["failed"] >= args.devices:
-                        delivered_s = time.monotonic() - started
-                        break
-            per_node = [(await s.call("node.progress", (broadcast["id"],)))[1] for s in stores[:1]][0]
+            strategies = ("baton", "cascade") if args.strategy == "both" else (args.strategy,)
+            results = [await broadcast(apis, key, stores[0], strategy, args.devices, args.wait_delivery)
+                       for strategy in strategies]
             for store in stores:
                 await store.close()
         finally:
@@ -99,11 +108,12 @@ async def main() -> None:
           f"3 nodes on this machine\n")
     print(f"- devices: {args.devices:,}; registered on node1 in {registered_s:.1f} s, on every replica "
           f"after {replicated_s:.1f} s")
-    print(f"- every send task enqueued after {enqueued_s:.1f} s")
-    if delivered_s is not None:
-        print(f"- last push delivered after {delivered_s:.1f} s")
-    counts = ", ".join(f"{n}: {c.get('enqueued', 0):,}" for n, c in sorted(per_node.items()))
-    print(f"- send tasks enqueued per node: {counts}")
+    for strategy, enqueued_s, delivered_s, per_node in results:
+        print(f"- {strategy}: every send task enqueued after {enqueued_s:.1f} s")
+        if delivered_s is not None:
+            print(f"- {strategy}: last push delivered after {delivered_s:.1f} s")
+        counts = ", ".join(f"{n}: {c.get('enqueued', 0):,}" for n, c in sorted(per_node.items()))
+        print(f"- {strategy}: send tasks enqueued per node: {counts}")
     for i, m in enumerate(memory, 1):
         per_million = (m["data"] + m["index"]) / args.devices * 1_000_000 / 2**20
         print(f"- node{i} Tarantool memory with the devices loaded: data {m['data'] / 2**20:.0f} MiB, "

@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dispatcher import metrics
-from dispatcher.broadcasts import Broadcast, Broadcasts, shown_state
+from dispatcher.broadcasts import Broadcast, Broadcasts, broadcast_id, shown_state
 from dispatcher.config import ApiSettings
 from dispatcher.errors import StoreError, StoreRejected
 from dispatcher.messages import Message
@@ -239,7 +239,8 @@ class Api:
         await self._refuse_if_full()
         start_in_s = max(0.0, spec.send_at.timestamp() - time.time()) if spec.send_at else 0.0
         stored = json.loads(spec.model_dump_json())
-        broadcast, created = await self.broadcasts.create(key, "scheduled", stored, start_in_s)
+        home = self.peers.home(broadcast_id(key)) if self.peers is not None else None
+        broadcast, created = await self.broadcasts.create(key, "scheduled", stored, start_in_s, home)
         if created:
             metrics.BROADCASTS.labels("created").inc()
         return web.json_response(await self._status(broadcast), status=200)
@@ -248,6 +249,7 @@ class Api:
         progress = await self.broadcasts.progress(b.id)
         state = shown_state(b, progress)
         progress.pop("fanout_done", None)
+        progress.pop("fanout_total", None)
         return {"id": b.id, "idempotency_key": b.idempotency_key, "state": state, "created": b.created,
                 "audience": b.spec.get("audience"), "send_at": b.spec.get("send_at"),
                 "local_time": b.spec.get("local_time"), "strategy": b.spec.get("strategy"), "progress": progress}

@@ -12,8 +12,7 @@ from dispatcher.store import Store
 # Progress counters, summed over nodes.
 COUNTERS = ("targeted", "enqueued", "delivered", "dead_tokens", "failed", "expired", "cancelled", "retries")
 SETTLED = ("delivered", "dead_tokens", "failed", "expired", "cancelled")
-# What the whole audience weighs in the fanout_done counter: the fan-out is
-# over when the nodes' counters sum to it (see lua/node/fanout.lua). A power
+# What a cascade's whole audience weighs (see lua/node/fanout.lua): a power
 # of two, under 2^47 so that Tarantool hands it to Lua as a number, which
 # parts can halve 46 times.
 FANOUT_WEIGHT = 2**46
@@ -43,13 +42,16 @@ class Broadcasts:
         self._store = store
 
     async def create(self, idempotency_key: str, state: str, spec: dict[str, Any],
-                     start_in_s: float = 0.0) -> tuple[Broadcast, bool]:
+                     start_in_s: float = 0.0, home: str | None = None) -> tuple[Broadcast, bool]:
         """The broadcast for this key: created now (True) with its first fan-out
-        task due in ``start_in_s``, or the one that was."""
+        task due in ``start_in_s``, or the one that was. The first task runs
+        on node ``home`` (see Peers.home) when given, else here."""
         id_ = broadcast_id(idempotency_key)
-        first: dict[str, Any] = {"b": id_, "after": None}
+        first: dict[str, Any] = {"b": id_, "after": None, "page": 0}
         if spec.get("strategy") == "cascade":
             first = {"b": id_, "range": [None, None, None, FANOUT_WEIGHT]}  # the whole index
+        if home is not None:
+            first["to"] = home
         first_task = [first, max(0.0, start_in_s)]
         body = await self._store.call("node.broadcast_create", (id_, idempotency_key, state, spec, first_task))
         return Broadcast.from_row(body[0]), bool(body[1])
@@ -74,11 +76,18 @@ class Broadcasts:
         return total
 
 
+def fanned_out(progress: dict[str, int]) -> bool:
+    """Whether every slice of the audience has been enqueued, from counters
+    summed over the nodes (see lua/node/fanout.lua)."""
+    total = progress.get("fanout_total", 0)
+    return total > 0 and progress.get("fanout_done", 0) >= total
+
+
 def shown_state(broadcast: Broadcast, progress: dict[str, int]) -> str:
     """The state readers see: a running broadcast whose fan-out is over and
     whose pushes are all settled is done (computed, not stored, as every
     node contributes to it)."""
-    if broadcast.state == "running" and progress.get("fanout_done", 0) >= FANOUT_WEIGHT and progress["pending"] == 0:
+    if broadcast.state == "running" and fanned_out(progress) and progress["pending"] == 0:
         return "done"
     return broadcast.state
 

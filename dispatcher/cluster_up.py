@@ -11,7 +11,6 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import BinaryIO
 
 from pydantic import SecretStr
 
@@ -29,7 +28,7 @@ from dispatcher.config import (
 from dispatcher.errors import DispatcherError
 from dispatcher.fakes.gateways import FakeGateways
 
-UP_MARK = b" is up"
+UP_MARK = " is up"
 
 
 def _ports(base: int, count: int) -> list[int]:
@@ -72,59 +71,70 @@ def cluster_settings(directory: Path, count: int, tarantool_base: int, http_base
     ]
 
 
-def _is_up(log: Path) -> bool:
-    return log.exists() and UP_MARK in log.read_bytes()
+class NodeProcess:
+    """One node as its own ``dispatcher run`` process (which starts its own
+    Tarantool), its config and log in ``directory``."""
 
+    def __init__(self, directory: Path, settings: Settings) -> None:
+        self.settings = settings
+        self.config = directory / f"{settings.node.name}.toml"
+        self.log = directory / f"{settings.node.name}.log"
+        self.config.write_text(to_toml(settings))
+        self.proc: asyncio.subprocess.Process | None = None
+        self._log_from = 0
 
-def _tail(log: Path) -> str:
-    lines = log.read_text(errors="replace").strip().splitlines()[-10:] if log.exists() else []
-    return "\n  ".join(lines)
+    async def start(self) -> None:
+        self._log_from = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "dispatcher", "--config", str(self.config), "run",
+                stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL)
 
+    def output(self) -> str:
+        """What this run of the node logged so far (a small local file, read
+        in the loop's thread on purpose)."""
+        if not self.log.exists():
+            return ""
+        with self.log.open("rb") as f:
+            f.seek(self._log_from)
+            return f.read().decode(errors="replace")
 
-async def _wait_up(log: Path, proc: asyncio.subprocess.Process, timeout_s: float) -> None:
-    """Small local log files: read in the loop's thread on purpose."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if _is_up(log):
-            return
-        if proc.returncode is not None:
-            break
-        await asyncio.sleep(0.1)
-    raise DispatcherError(f"node did not come up; end of {log}:\n  {_tail(log)}")
+    async def wait_up(self, timeout_s: float = 90) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if UP_MARK in self.output():
+                return
+            if self.proc is None or self.proc.returncode is not None:
+                break
+            await asyncio.sleep(0.1)
+        tail = "\n  ".join(self.output().strip().splitlines()[-10:])
+        raise DispatcherError(f"node did not come up; end of {self.log}:\n  {tail}")
 
-
-def _write_config(directory: Path, settings: Settings) -> tuple[Path, Path]:
-    config = directory / f"{settings.node.name}.toml"
-    config.write_text(to_toml(settings))
-    return config, directory / f"{settings.node.name}.log"
-
-
-def _open_log(log: Path) -> BinaryIO:
-    return log.open("wb")
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+        if self.proc is not None:
+            await self.proc.wait()
 
 
 async def cluster_up(count: int, directory: Path, tarantool_base: int, http_base: int, demo_devices: int,
                      stop: asyncio.Event) -> None:
     fakes = FakeGateways(directory / "fakes")  # creates the directory
     await fakes.start()
-    procs: list[asyncio.subprocess.Process] = []
+    procs: list[NodeProcess] = []
     try:
         nodes = cluster_settings(directory, count, tarantool_base, http_base, fakes, demo_devices)
-        logs = []
-        for s in nodes:
-            config, log = _write_config(directory, s)
-            logs.append(log)
-            with _open_log(log) as out:
-                procs.append(await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "dispatcher", "--config", str(config), "run",
-                    stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL))
+        procs = [NodeProcess(directory, n) for n in nodes]
+        for proc in procs:
+            await proc.start()
         # A new cluster's nodes wait for each other, so they start together.
-        await asyncio.gather(*(_wait_up(log, p, 90) for log, p in zip(logs, procs, strict=True)))
+        await asyncio.gather(*(p.wait_up() for p in procs))
         key = nodes[0].api.keys[0].key.get_secret_value() if nodes[0].api.keys else ""
         lines = [f"cluster is up: {count} nodes"]
-        for s, log in zip(nodes, logs, strict=True):
+        for p in procs:
+            s = p.settings
             lines.append(f"  {s.node.name}: API http://{s.api.host}:{s.api.port}, Tarantool {s.tarantool.address}, "
-                         f"log {log}")
+                         f"log {p.log}")
         lines += [
             f"  API key: {key}",
             f"  fake gateways' stats: http://127.0.0.1:{fakes.ports['stats']}/stats",
@@ -135,9 +145,5 @@ async def cluster_up(count: int, directory: Path, tarantool_base: int, http_base
         print("\n".join(lines), flush=True)
         await stop.wait()
     finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.terminate()
-        for proc in procs:
-            await proc.wait()
+        await asyncio.gather(*(p.stop() for p in procs))
         await fakes.stop()

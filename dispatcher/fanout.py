@@ -38,7 +38,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from dispatcher import metrics
-from dispatcher.broadcasts import FANOUT_WEIGHT, Broadcast, Broadcasts
+from dispatcher.broadcasts import Broadcast, Broadcasts, fanned_out
 from dispatcher.errors import StoreError
 from dispatcher.peers import Peers
 from dispatcher.queue import Queue, Task
@@ -147,7 +147,7 @@ class FanoutWorker:
         for platform, n in (put or {}).items():
             metrics.ENQUEUED.labels(platform).inc(n)
             self._backlog = (self._backlog[0], self._backlog[1] + n)
-        if finished and (await self.broadcasts.progress(broadcast.id)).get("fanout_done", 0) >= FANOUT_WEIGHT:
+        if finished and fanned_out(await self.broadcasts.progress(broadcast.id)):
             metrics.BROADCASTS.labels("fanned_out").inc()
 
     async def _baton(self, task: Task, broadcast: Broadcast) -> list[Any]:
@@ -155,19 +155,19 @@ class FanoutWorker:
         done, cursor = await self._call("fanout_next_cursor", broadcast.id, after, self.page_size)
         if done:  # this baton ran elsewhere already
             await self.tube.ack(task.id)
-            return [None, 0]
-        next_task = {"b": broadcast.id, "after": cursor} if cursor is not None else None
-        if next_task is not None and self.peers is not None:
-            # The baton goes first: if this node dies now, the broadcast goes on.
-            target = self.peers.next_alive()
-            if target != self.me:
+            return [None, False]
+        opts: dict[str, Any] = {"zone_at": self._zones(broadcast)}
+        if cursor is not None:
+            baton = {"b": broadcast.id, "after": cursor, "page": task.data.get("page", 0) + 1}
+            opts["next"] = baton
+            target = self.peers.next_alive() if self.peers is not None else self.me
+            if self.peers is not None and target != self.me:
+                # The baton goes first: if this node dies now, the broadcast goes on.
                 try:
-                    await self.peers.queue(target).tube("fanout").put(next_task)
-                    next_task = None
+                    await self.peers.queue(target).tube("fanout").put(baton)
+                    opts = {**opts, "next": None, "handed": [target, baton]}
                 except StoreError as e:
                     log.warning("fan-out: cannot hand the baton to %s (%s); keeping it", target, e)
-        opts = {"weight": FANOUT_WEIGHT if cursor is None else 0, "next": next_task,
-                "zone_at": self._zones(broadcast)}
         return await self._call("fanout_enqueue", task.id, broadcast.id, task.data, after, cursor, opts)
 
     def _targets(self) -> list[str]:
@@ -180,9 +180,9 @@ class FanoutWorker:
         return [self.me] + [n for n in ring[start + 1:] + ring[:start] if n in alive]
 
     async def _forward(self, task: Task, broadcast: Broadcast) -> None:
-        """Sends a cascade part waiting here on to its node, or to the next
-        live one, or keeps it when no peer takes it."""
-        part = {"b": broadcast.id, "range": task.data["range"]}
+        """Sends a task waiting here (a cascade part, a first task) on to its
+        node, or to the next live one, or keeps it when no peer takes it."""
+        part = {k: v for k, v in task.data.items() if k != "to"}
         target = task.data["to"]
         if self.peers is not None and target not in self.peers.alive():
             target = self.peers.next_alive(target)
@@ -217,7 +217,7 @@ class FanoutWorker:
         latest = (await self._call("fanout_latest_page", broadcast.id))[0]
         if latest is None:
             return
-        _, after, node, at = latest
+        _, after, node, at, page = latest
         if after is None or time.time() - at <= self.baton_silence_s or self.peers.next_alive(node) != self.me:
             return
         key = (broadcast.id, tuple(after))
@@ -225,4 +225,5 @@ class FanoutWorker:
             return  # re-issued here already; it may be waiting for the send tubes
         self._reissued[key] = time.monotonic()
         log.warning("fan-out: baton of %s silent since %s left it; re-issuing it here", broadcast.id, node)
-        await self._call("fanout_reissue", broadcast.id, {"b": broadcast.id, "after": after}, time.time())
+        baton = {"b": broadcast.id, "after": after, "page": (page or 0) + 1}
+        await self._call("fanout_reissue", broadcast.id, baton, time.time())

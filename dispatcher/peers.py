@@ -5,6 +5,7 @@ peers answer right now. A peer that is down is skipped, never waited for."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 
@@ -60,6 +61,14 @@ class Peers:
             else:
                 self._down_since.setdefault(name, now)
         return [n for n, since in self._down_since.items() if now - since >= min_s]
+
+    def home(self, broadcast_id: str) -> str:
+        """The node a broadcast's first fan-out task goes to, fixed by its id:
+        if two nodes create one broadcast at once (before either record has
+        replicated), both first tasks meet on one node, and its marker lets
+        only one run."""
+        digest = hashlib.sha256(broadcast_id.encode()).digest()
+        return self.ring[int.from_bytes(digest[:4], "big") % len(self.ring)]
 
     def next_alive(self, after: str | None = None) -> str:
         """The next node after ``after`` (default: this one) in ring order whose

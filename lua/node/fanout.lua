@@ -5,20 +5,22 @@
 -- a slice holds.
 --
 -- Two kinds of fan-out task live in the `fanout` tube:
---   baton  {b, after}                  the audience after `after`, a page at a time
+--   baton  {b, after, page}          page number `page`, starting after `after`
 --   range  {b, range = {after, upto, n, weight}}   the audience in (after, upto]
--- plus {b, range, to} for a range waiting here to be forwarded to node `to`.
+-- plus either with `to` set: a task waiting here to be forwarded to node `to`.
 --
 -- Markers (`fanout_page`, replicated) name the slices already done, keyed
 -- by the task: a slice runs once whichever node gets it. Holders
--- (`fanout_holder`, replicated) name the node that holds each range (and a
--- broadcast's first task) still to run, so that a dead node's are re-issued.
+-- (`fanout_holder`, replicated) name the node that holds each task still
+-- to run, so that a dead node's are re-issued.
 --
--- Completion: the whole audience has a weight (FANOUT_WEIGHT in
--- dispatcher/broadcasts.py). A range hands its weight to its parts, a
--- finished slice adds its weight to the `fanout_done` counter, and the
--- fan-out is over when the counters sum to the whole. Only
--- finished slices add, so no order of replication can show it over early.
+-- Completion, summed over the nodes' progress rows: the fan-out is over
+-- when `fanout_done` reaches `fanout_total`. A baton page adds 1 to
+-- fanout_done, and the last page adds the number of pages to fanout_total.
+-- A cascade's root adds its weight (FANOUT_WEIGHT in
+-- dispatcher/broadcasts.py) to fanout_total, a range hands its weight to
+-- its parts, and a finished slice adds its weight to fanout_done. Only
+-- finished slices add, so no order of replication shows it over early.
 local fiber = require('fiber')
 local schema = require('node.schema')
 local versioned = require('node.versioned')
@@ -62,16 +64,20 @@ function M.done(broadcast_id, key)
     return box.space.fanout_page:get({broadcast_id, key}) ~= nil
 end
 
-local function mark(broadcast_id, key, next_key)
+local function mark(broadcast_id, key, next_key, page)
     box.space.fanout_page:replace({broadcast_id, key, next_key, broadcasts.node_name, fiber.time(),
-                                   versioned.next_version(nil, P_VERSION), broadcasts.node_name})
+                                   versioned.next_version(nil, P_VERSION), broadcasts.node_name, page})
 end
 
-local function hold(broadcast_id, data, due)
+local function hold(broadcast_id, data, due, node)
     local key = M.task_key(data)
     local old = box.space.fanout_holder:get({broadcast_id, key})
-    box.space.fanout_holder:replace({broadcast_id, key, data, broadcasts.node_name, due,
+    box.space.fanout_holder:replace({broadcast_id, key, data, node or broadcasts.node_name, due,
                                      versioned.next_version(old, H_VERSION), broadcasts.node_name})
+end
+
+local function is_root(range)
+    return range[1] == nil and range[2] == nil and range[3] == nil
 end
 
 -- Creates the broadcast and its first fan-out task (see broadcasts.create),
@@ -133,14 +139,16 @@ local function enqueue_rows(broadcast_id, spec, rows, zone_at)
 end
 
 -- One slice of the audience, (after, upto], as send tasks, in one
--- transaction with its marker, progress and the ack of `task_id`. opts:
---   budget   rows to look at (nil: all); a slice cut short puts the rest
---            back here as a range carrying the weight
---   weight   added to fanout_done when the slice is finished
---   next     a task to put here (the baton, when no peer took it)
+-- transaction with its marker, progress and the ack of `task_id`: a
+-- cascade range's (data.range), or a baton page's. opts:
+--   budget   rows to look at (nil: all); a range cut short puts the rest
+--            back here as a range carrying its weight
+--   next     the next baton, to put here (when no peer took it)
+--   handed   {node, baton}: the next baton went to that node
 --   zone_at  see enqueue_rows
--- Returns the send tasks put per platform, and the weight it finished
--- (nothing when the slice was done already: its task ran elsewhere).
+-- Returns the send tasks put per platform and whether it added to
+-- fanout_done (nothing when the slice was done already: its task ran
+-- elsewhere).
 function M.enqueue(task_id, broadcast_id, data, after, upto, opts)
     local key = M.task_key(data)
     local spec = box.space.broadcast:get(broadcast_id)[B.spec]
@@ -151,24 +159,37 @@ function M.enqueue(task_id, broadcast_id, data, after, upto, opts)
                                                 opts.budget or math.huge)
             put = enqueue_rows(broadcast_id, spec, rows, opts.zone_at)
             local counts = {targeted = #rows, enqueued = #rows}
-            local weight = opts.weight or 0
-            if rest ~= nil then
-                local more = {b = broadcast_id, range = {rest, upto, opts.budget, weight}}
-                queue.tube.fanout:put(more)
-                hold(broadcast_id, more, fiber.time())
-            elseif weight > 0 then
-                counts.fanout_done = weight
-                finished = weight
+            if data.range == nil then -- a baton page
+                counts.fanout_done = 1
+                if upto == nil then
+                    counts.fanout_total = (data.page or 0) + 1
+                end
+            else
+                local weight = tonumber(data.range[4])
+                if is_root(data.range) then
+                    counts.fanout_total = weight
+                end
+                if rest ~= nil then
+                    local more = {b = broadcast_id, range = {rest, upto, opts.budget, weight}}
+                    queue.tube.fanout:put(more)
+                    hold(broadcast_id, more, fiber.time())
+                else
+                    counts.fanout_done = weight
+                end
             end
+            finished = counts.fanout_done ~= nil
             broadcasts.progress_add({[broadcast_id] = counts})
             if opts.next ~= nil then
                 queue.tube.fanout:put(opts.next)
+                hold(broadcast_id, opts.next, fiber.time())
+            elseif opts.handed ~= nil then
+                hold(broadcast_id, opts.handed[2], fiber.time(), opts.handed[1])
             end
-            mark(broadcast_id, key, data.range == nil and key_of(upto, '') or '')
+            mark(broadcast_id, key, data.range == nil and key_of(upto, '') or '', data.page)
         end
         queue.tube.fanout:ack(task_id)
     end)
-    return put, finished or 0
+    return put, finished
 end
 
 -- A cascade range {after, upto, n, weight}: `leaf` rows or fewer become
@@ -189,8 +210,7 @@ function M.range_step(task_id, broadcast_id, data, opts)
         cuts = subscribers.cuts(after, upto, math.ceil(n / parts), parts)
     end
     if #cuts == 0 then
-        return M.enqueue(task_id, broadcast_id, data, after, upto,
-                         {budget = 2 * opts.leaf, weight = weight, zone_at = opts.zone_at})
+        return M.enqueue(task_id, broadcast_id, data, after, upto, {budget = 2 * opts.leaf, zone_at = opts.zone_at})
     end
     local k = #cuts + 1
     local share = math.floor(weight / k)
@@ -213,11 +233,14 @@ function M.range_step(task_id, broadcast_id, data, opts)
                 hold(broadcast_id, part, fiber.time())
                 lo = hi
             end
+            if is_root(data.range) then
+                broadcasts.progress_add({[broadcast_id] = {fanout_total = weight}})
+            end
             mark(broadcast_id, M.task_key(data), '')
         end
         queue.tube.fanout:ack(task_id)
     end)
-    return put, 0
+    return put, false
 end
 
 -- A part waiting here is on its way: it reached node `to` (or `to` is
@@ -265,12 +288,12 @@ function M.reissue(broadcast_id, data, due)
     return true
 end
 
--- The newest page marker of a baton broadcast: {after, next, node, at}
--- with the cursors decoded, or nothing.
+-- The newest page marker of a baton broadcast: {after, next, node, at,
+-- page} with the cursors decoded, or nothing.
 function M.latest_page(broadcast_id)
     local t = box.space.fanout_page.index.at:max({broadcast_id})
     if t ~= nil then
-        return {t[P.after], cursor_of(t[P.next]), t[P.node], t[P.at]}
+        return {t[P.after], cursor_of(t[P.next]), t[P.node], t[P.at], t[P.page]}
     end
 end
 

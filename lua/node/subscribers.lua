@@ -60,7 +60,7 @@ end
 
 -- Registers or updates many devices in one transaction; returns the count.
 function M.put_many(regs)
-    local now_s = require('fiber').time()
+    local now_s = math.floor(fiber.time()) -- whole seconds: 4 bytes a device less than a double
     atomic(function()
         for _, reg in ipairs(regs) do
             box.space.subscriber:replace(row_for(reg, now_s))

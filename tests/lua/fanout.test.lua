@@ -74,7 +74,7 @@ test:test('a cascade reaches every device once, and its weights add up to the wh
     local progress = broadcasts.progress(b)
     t:is(progress.enqueued, 1100, 'every device of the audience enqueued')
     t:is(sent(), 1100, 'as send tasks')
-    t:is(progress.fanout_done, WHOLE, 'the finished slices weigh the whole')
+    t:ok(progress.fanout_done == WHOLE and progress.fanout_total == WHOLE, 'the finished slices weigh the whole')
     t:ok(cuts >= 2 and steps > cuts, 'ranges were cut at more than one level')
     t:is(#fanout.orphans(b, {'node1'}), 0, 'nothing is left to do')
     queue.tube.ios:truncate()
@@ -124,17 +124,21 @@ test:test('parts for other nodes wait here, held by this node until forwarded', 
 end)
 
 test:test('a baton page: the cursor is found first, the page enqueued after', function(t)
-    t:plan(5)
+    t:plan(7)
     local b = 'b_baton'
     local spec = {audience = {app = 'news'}, ttl_s = 60, strategy = 'baton'}
-    fanout.create(b, 'k4', 'running', spec, {{b = b, after = nil}, 0})
+    fanout.create(b, 'k4', 'running', spec, {{b = b, after = nil, page = 0}, 0})
     local task = take_fanout()
     local done, cursor = fanout.next_cursor(b, nil, 60)
     t:ok(not done and cursor ~= nil, 'the first page ends at a cursor')
-    local put, finished = fanout.enqueue(task[1], b, task[3], nil, cursor, {weight = 0})
+    local baton = {b = b, after = cursor, page = 1}
+    local put = fanout.enqueue(task[1], b, task[3], nil, cursor, {handed = {'node2', baton}})
     t:is(put.ios, 60, 'the page is enqueued: 60 devices')
-    t:is(finished, 0, 'not the last page')
+    local progress = broadcasts.progress(b)
+    t:ok(progress.fanout_done == 1 and progress.fanout_total == nil, 'one page done, not the last')
+    t:is(fanout.orphans(b, {'node2'})[1][2].page, 1, 'the baton handed on is held by its node')
     t:is(fanout.latest_page(b)[2][1], cursor[1], 'the page marker names where the next page starts')
+    t:is(fanout.latest_page(b)[5], 0, 'and its page number')
     done = fanout.next_cursor(b, nil, 60)
     t:ok(done, 'the same page again is known done')
     queue.tube.ios:truncate()
@@ -147,7 +151,7 @@ test:test('local_time delays each device to its zone', function(t)
     fanout.create(b, 'k5', 'running', spec, {{b = b, after = nil}, 0})
     local task = take_fanout()
     local at = require('fiber').time() + 3600
-    fanout.enqueue(task[1], b, task[3], nil, nil, {weight = WHOLE, zone_at = {UTC = at}})
+    fanout.enqueue(task[1], b, task[3], nil, nil, {zone_at = {UTC = at}})
     local s = queue.tube.ios:statistics().tasks
     t:is(s.delayed, 1, 'the device waits for its hour')
     local task = queue.tube.ios:peek(queue.tube.ios.space:select()[1][1])
