@@ -245,8 +245,9 @@ class Api:
             metrics.BROADCASTS.labels("created").inc()
         return web.json_response(await self._status(broadcast), status=200)
 
-    async def _status(self, b: Broadcast) -> dict[str, Any]:
-        progress = await self.broadcasts.progress(b.id)
+    async def _status(self, b: Broadcast, progress: dict[str, int] | None = None) -> dict[str, Any]:
+        if progress is None:
+            progress = await self.broadcasts.progress(b.id)
         state = shown_state(b, progress)
         progress.pop("fanout_done", None)
         progress.pop("fanout_total", None)
@@ -268,7 +269,9 @@ class Api:
             raise ApiError(400, "invalid request", [{"field": "limit/before", "problem": "not a number"}]) from None
         if not 1 <= limit <= 500:
             raise ApiError(400, "invalid request", [{"field": "limit", "problem": "between 1 and 500"}])
-        items = [await self._status(b) for b in await self.broadcasts.list(limit, before)]
+        listed = await self.broadcasts.list(limit, before)
+        progress = await self.broadcasts.progress_many([b.id for b in listed])
+        items = [await self._status(b, p) for b, p in zip(listed, progress, strict=True)]
         return web.json_response({"broadcasts": items})
 
     async def cancel_broadcast(self, request: web.Request) -> web.Response:

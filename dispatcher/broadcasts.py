@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,10 +71,18 @@ class Broadcasts:
 
     async def progress(self, id_: str) -> dict[str, int]:
         body = await self._store.call("node.progress", (id_,))
-        total = {name: 0 for name in COUNTERS}
-        total.update(body[0] or {})
-        total["pending"] = max(0, total["enqueued"] - sum(total[name] for name in SETTLED))
-        return total
+        return _with_pending(body[0])
+
+    async def progress_many(self, ids: Sequence[str]) -> Sequence[dict[str, int]]:
+        body = await self._store.call("node.progress_many", (list(ids),))
+        return [_with_pending(raw) for raw in body[0]]
+
+
+def _with_pending(raw: dict[str, int] | None) -> dict[str, int]:
+    total = {name: 0 for name in COUNTERS}
+    total.update(raw or {})
+    total["pending"] = max(0, total["enqueued"] - sum(total[name] for name in SETTLED))
+    return total
 
 
 def fanned_out(progress: dict[str, int]) -> bool:

@@ -126,7 +126,13 @@ class FanoutWorker:
 
     async def _step(self, task: Task) -> None:
         broadcast = await self.broadcasts.get(task.data["b"])
-        if broadcast is None or broadcast.state in ("cancelled", "done"):
+        if broadcast is None:
+            # Broadcasts are never deleted: its record has not replicated
+            # here yet (a task can travel faster than the row).
+            log.info("fan-out: broadcast %s not here yet; waiting for replication", task.data["b"])
+            await self.tube.release(task.id, delay_s=0.5)
+            return
+        if broadcast.state in ("cancelled", "done"):
             await self.tube.ack(task.id)
             return
         if "to" in task.data:

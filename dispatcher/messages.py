@@ -30,9 +30,11 @@ class Message(BaseModel):
         apns = len(json.dumps(apns_payload(self), separators=(",", ":")).encode())
         if apns > APNS_MAX_BYTES:
             raise ValueError(f"the APNs payload would be {apns} bytes; APNs takes at most {APNS_MAX_BYTES}")
-        fcm = len(json.dumps(fcm_message(self), separators=(",", ":")).encode()) + 200  # + token
+        # FCM's limit is on the payload (notification and data): the token and
+        # delivery options added at send time do not count.
+        fcm = len(json.dumps(fcm_message(self), separators=(",", ":")).encode())
         if fcm > FCM_MAX_BYTES:
-            raise ValueError(f"the FCM message would be about {fcm} bytes; FCM takes at most {FCM_MAX_BYTES}")
+            raise ValueError(f"the FCM payload would be {fcm} bytes; FCM takes at most {FCM_MAX_BYTES}")
         return self
 
 

@@ -104,6 +104,7 @@ node = {
     broadcast_list = broadcasts.list,
     broadcast_set_state = broadcasts.set_state,
     progress = broadcasts.progress,
+    progress_many = broadcasts.progress_many,
     dead_letter_put_many = dead_letters.put_many,
     dead_letter_list = dead_letters.list,
     settle = dispatch.settle,

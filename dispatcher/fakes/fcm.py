@@ -125,7 +125,10 @@ class FakeFcm:
         message = doc.get("message") if isinstance(doc, dict) else None
         if not isinstance(message, dict):
             raise bad_request("message", "The message is missing.")
-        if len(json.dumps(message).encode()) > MAX_MESSAGE:
+        # The limit is on the payload (notification and data), not the token
+        # or the delivery options around it.
+        payload = {k: message[k] for k in ("notification", "data") if k in message}
+        if len(json.dumps(payload, separators=(",", ":")).encode()) > MAX_MESSAGE:
             raise bad_request("message", "Message is too big (4096 bytes at most).")
         token = message.get("token")
         if not isinstance(token, str) or not token:

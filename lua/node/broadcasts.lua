@@ -55,18 +55,11 @@ end
 
 -- Newest first, up to `limit`, created strictly before `before` (epoch s).
 function M.list(limit, before)
-    local out = {}
     local key, iterator = {}, 'REQ'
     if before ~= nil then
         key, iterator = {before}, 'LT'
     end
-    for _, t in box.space.broadcast.index.created:pairs(key, {iterator = iterator}) do
-        table.insert(out, t)
-        if #out >= limit then
-            break
-        end
-    end
-    return out
+    return box.space.broadcast.index.created:select(key, {iterator = iterator, limit = limit})
 end
 
 -- Moves the broadcast to `state` unless it is already done or cancelled.
@@ -118,6 +111,15 @@ function M.progress(broadcast_id)
         end
     end
     return total, nodes
+end
+
+-- The summed counters of each broadcast in `ids`, in one call.
+function M.progress_many(ids)
+    local out = {}
+    for i, id in ipairs(ids) do
+        out[i] = (M.progress(id))
+    end
+    return out
 end
 
 return M

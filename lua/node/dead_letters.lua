@@ -24,14 +24,7 @@ end
 
 -- The newest `limit` dead letters.
 function M.list(limit)
-    local out = {}
-    for _, t in box.space.dead_letter.index.id:pairs({}, {iterator = 'REQ'}) do
-        table.insert(out, t)
-        if #out >= limit then
-            break
-        end
-    end
-    return out
+    return box.space.dead_letter.index.id:select({}, {iterator = 'REQ', limit = limit})
 end
 
 return M
