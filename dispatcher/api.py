@@ -283,6 +283,8 @@ class Api:
         return web.json_response(await self._status(broadcast))
 
     async def metrics(self, request: web.Request) -> web.Response:
+        if self.peers is not None:
+            metrics.PEERS_ALIVE.set(len(self.peers.alive()))
         try:
             for tube, stats in (await self.queue.statistics()).items():
                 for state in ("ready", "taken", "delayed", "buried"):

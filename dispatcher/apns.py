@@ -44,6 +44,7 @@ from jh2.exceptions import ProtocolError as H2ProtocolError
 
 from dispatcher.config import ApnsSettings
 from dispatcher.errors import ConfigError
+from dispatcher.h2client import split_goaway
 from dispatcher.push import Outcome, Push, no_answer
 from dispatcher.verdicts import apns_outcome
 
@@ -126,7 +127,7 @@ class _Protocol(APNsTLSClientProtocol):
         # its state machine on GOAWAY and would then refuse the answers the
         # server still sends for streams it took.
         self._inbound.extend(data)
-        for chunk, goaway in _split_goaway(self._inbound):
+        for chunk, goaway in split_goaway(self._inbound):
             if chunk:
                 self._dispatch(self.conn.receive_data(chunk))
             if goaway is not None:
@@ -178,31 +179,6 @@ class _Protocol(APNsTLSClientProtocol):
         except asyncio.CancelledError:
             self.requests.pop(request.notification_id, None)
             raise
-
-
-_FRAME_HEADER = 9
-_GOAWAY = 0x7
-
-
-def _split_goaway(buffer: bytearray) -> list[tuple[bytes, int | None]]:
-    """Consumes the complete HTTP/2 frames at the head of ``buffer``: runs of
-    frames to pass on, each followed by the last_stream_id of the GOAWAY that
-    ended it (None for the final run). An incomplete frame stays buffered."""
-    out: list[tuple[bytes, int | None]] = []
-    start = pos = 0
-    while len(buffer) - pos >= _FRAME_HEADER:
-        length = int.from_bytes(buffer[pos:pos + 3], "big")
-        end = pos + _FRAME_HEADER + length
-        if end > len(buffer):
-            break
-        if buffer[pos + 3] == _GOAWAY and length >= 8:
-            last = int.from_bytes(buffer[pos + 9:pos + 13], "big") & 0x7FFFFFFF
-            out.append((bytes(buffer[start:pos]), last))
-            start = end
-        pos = end
-    out.append((bytes(buffer[start:pos]), None))
-    del buffer[:pos]
-    return out
 
 
 class _KeyPool(APNsKeyConnectionPool):

@@ -214,6 +214,7 @@ class FanoutWorker:
                     if self.peers.next_alive(node) == self.me:
                         log.warning("fan-out: %s held a task of %s and is down; re-issuing it here",
                                     node, broadcast.id)
+                        metrics.FANOUT_TAKEN_OVER.labels("node_down").inc()
                         await self._call("fanout_reissue", broadcast.id, data, due)
             if broadcast.state == "running" and broadcast.spec.get("strategy") != "cascade":
                 await self._watch_baton(broadcast)
@@ -231,5 +232,6 @@ class FanoutWorker:
             return  # re-issued here already; it may be waiting for the send tubes
         self._reissued[key] = time.monotonic()
         log.warning("fan-out: baton of %s silent since %s left it; re-issuing it here", broadcast.id, node)
+        metrics.FANOUT_TAKEN_OVER.labels("baton_silent").inc()
         baton = {"b": broadcast.id, "after": after, "page": (page or 0) + 1}
         await self._call("fanout_reissue", broadcast.id, baton, time.time())

@@ -1,5 +1,5 @@
-"""FCM HTTP v1 sender: one shared httpx client over persistent HTTP/2
-connections, OAuth2 access tokens from a service account through google-auth.
+"""FCM HTTP v1 sender: persistent HTTP/2 connections (dispatcher/h2client.py),
+OAuth2 access tokens from a service account through google-auth.
 
 google-auth's token refresh is a blocking HTTP call, so it runs in a thread,
 one at a time, before the token gets close to its expiry; a 401 that says
@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import google.auth.exceptions
-import httpx
 import requests
 from google.auth.transport.requests import Request as GoogleRequest
 from google.oauth2 import service_account
 
 from dispatcher.config import FcmSettings
 from dispatcher.errors import ConfigError
+from dispatcher.h2client import H2Client, H2Error, Response
 from dispatcher.push import Outcome, Push, Verdict, no_answer
 from dispatcher.verdicts import fcm_outcome, retry_after
 
@@ -60,16 +60,11 @@ class FcmSender:
         project = settings.project_id or creds.project_id
         if not project:
             raise ConfigError("fcm.project_id is not set and the service account names none")
-        self.url = f"{settings.endpoint}/v1/projects/{project}/messages:send"
+        self.path = f"/v1/projects/{project}/messages:send"
         self._session = requests.Session()
         self._google_request = _TokenRequest(self._session, settings.ca_path)
         tls = ssl.create_default_context(cafile=str(settings.ca_path) if settings.ca_path else None)
-        self._client = httpx.AsyncClient(
-            http2=True,
-            verify=tls,
-            timeout=httpx.Timeout(settings.request_timeout_s),
-            limits=httpx.Limits(max_connections=settings.connections, max_keepalive_connections=settings.connections),
-        )
+        self._client = H2Client(settings.endpoint, settings.connections, settings.request_timeout_s, tls)
         self._slots = asyncio.Semaphore(settings.in_flight)
         self._refresh_lock = asyncio.Lock()
         self._token_issued: dt.datetime | None = None
@@ -120,12 +115,11 @@ class FcmSender:
                     log.warning("fcm: OAuth token refresh failed: %s", e)
                     return no_answer(f"oauth: {type(e).__name__}")
                 try:
-                    response = await self._client.post(self.url, content=body, headers={
-                        "authorization": f"Bearer {token}", "content-type": "application/json"})
-                except httpx.TimeoutException:
+                    response = await self._post(body, token)
+                except TimeoutError:
                     return no_answer("timeout")
-                except httpx.TransportError as e:
-                    return no_answer(f"connection: {type(e).__name__}")
+                except H2Error as e:
+                    return no_answer(f"connection: {e}")
                 outcome = self._outcome(response)
                 if outcome.status == 401 and outcome.reason in ("ACCESS_TOKEN_EXPIRED", "UNAUTHENTICATED") \
                         and stale is None:
@@ -134,17 +128,28 @@ class FcmSender:
                 return outcome
             return outcome
 
-    @staticmethod
-    def _outcome(response: httpx.Response) -> Outcome:
+    async def _post(self, body: bytes, token: str) -> Response:
+        headers = [("authorization", f"Bearer {token}"), ("content-type", "application/json")]
         try:
-            body = response.json() if response.content else None
+            return await self._client.post(self.path, body, headers)
+        except H2Error as e:
+            if not e.unprocessed:
+                raise
+            # The server said it did not take it (GOAWAY, refused): resend
+            # now, on another connection; no duplicate is possible.
+            return await self._client.post(self.path, body, headers)
+
+    @staticmethod
+    def _outcome(response: Response) -> Outcome:
+        try:
+            body = json.loads(response.body) if response.body else None
         except ValueError:
             body = None
-        outcome = fcm_outcome(response.status_code, body, retry_after(response.headers.get("retry-after")))
+        outcome = fcm_outcome(response.status, body, retry_after(response.headers.get("retry-after")))
         if outcome.verdict is not Verdict.DELIVERED:
-            log.debug("fcm: %s %s", response.status_code, outcome.reason)
+            log.debug("fcm: %s %s", response.status, outcome.reason)
         return outcome
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._client.close()
         self._session.close()

@@ -20,6 +20,9 @@ TARANTOOL_MEMORY = Gauge("dispatcher_tarantool_memory_bytes", "The node's Tarant
 QUEUE_OLDEST = Gauge("dispatcher_queue_oldest_ready_seconds", "Age of the next ready task", ["tube"])
 ENQUEUED = Counter("dispatcher_broadcast_tasks_enqueued_total", "Send tasks enqueued by broadcast fan-out",
                    ["platform"])
+FANOUT_TAKEN_OVER = Counter("dispatcher_fanout_taken_over_total",
+                            "Fan-out tasks this node re-issued for a node down or a silent baton", ["reason"])
+PEERS_ALIVE = Gauge("dispatcher_peers_alive", "Peers whose Tarantool this node reaches now")
 BROADCASTS = Counter("dispatcher_broadcasts_total", "Broadcasts by what happened to them", ["event"])
 API_REQUESTS = Counter("dispatcher_api_requests_total", "HTTP API requests by route and status",
                        ["route", "status"])

@@ -126,6 +126,17 @@ async def test_goaway_moves_to_a_new_connection(sender: FcmSender, gateways: Fak
     assert all(o.verdict in (Verdict.DELIVERED, Verdict.TEMPORARY) for o in outcomes)
 
 
+async def test_goaway_under_load_loses_and_repeats_nothing(sender: FcmSender, gateways: FakeGateways) -> None:
+    """Streams the server did not take (after GOAWAY's last stream id) are
+    resent on a new connection at once; the ones it took are answered on
+    the closing one, not sent again."""
+    gateways.fcm.faults.set(Faults(goaway_after=100))
+    outcomes = await asyncio.gather(*(sender.send(push(i)) for i in range(1000)))
+    assert gateways.fcm.server.goaways >= 5
+    assert all(o.delivered for o in outcomes)
+    assert len(gateways.fcm.counters.accepted) == 1000 and max(gateways.fcm.counters.accepted.values()) == 1
+
+
 async def test_oauth_token_refreshed_before_it_expires(gateways: FakeGateways) -> None:
     gateways.fcm.faults.set(Faults(token_ttl_s=2))
     sender = FcmSender(fcm_settings_for(gateways))

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from dispatcher.apns import _split_goaway
 from dispatcher.backoff import Backoff
 from dispatcher.fakes.apns import REASON_STATUS
+from dispatcher.h2client import split_goaway
 from dispatcher.push import Verdict
 from dispatcher.verdicts import APNS, apns_outcome, fcm_outcome, retry_after
 
@@ -83,7 +83,7 @@ def test_split_goaway_keeps_order_and_partial_frames() -> None:
     goaway = frame(0x7, 0, (5).to_bytes(4, "big") + (0).to_bytes(4, "big"))
     data = frame(0x0, 3, b"d" * 20)
     buffer = bytearray(headers + goaway + data[:7])
-    assert _split_goaway(buffer) == [(headers, 5), (b"", None)]
+    assert split_goaway(buffer) == [(headers, 5), (b"", None)]
     assert bytes(buffer) == data[:7], "an incomplete frame waits for the rest"
     buffer.extend(data[7:])
-    assert _split_goaway(buffer) == [(data, None)] and not buffer
+    assert split_goaway(buffer) == [(data, None)] and not buffer

@@ -76,6 +76,17 @@ local function hold(broadcast_id, data, due, node)
                                      versioned.next_version(old, H_VERSION), broadcasts.node_name})
 end
 
+-- Runs `step` in one transaction with the ack of `task_id`, unless the
+-- task's slice (`key`) is done already: then only acks.
+local function once(task_id, broadcast_id, key, step)
+    atomic(function()
+        if not M.done(broadcast_id, key) then
+            step()
+        end
+        queue.tube.fanout:ack(task_id)
+    end)
+end
+
 local function is_root(range)
     return range[1] == nil and range[2] == nil and range[3] == nil
 end
@@ -153,41 +164,38 @@ function M.enqueue(task_id, broadcast_id, data, after, upto, opts)
     local key = M.task_key(data)
     local spec = box.space.broadcast:get(broadcast_id)[B.spec]
     local put, finished
-    atomic(function()
-        if not M.done(broadcast_id, key) then
-            local rows, rest = subscribers.scan(after, upto, audience_of(spec), math.huge,
-                                                opts.budget or math.huge)
-            put = enqueue_rows(broadcast_id, spec, rows, opts.zone_at)
-            local counts = {targeted = #rows, enqueued = #rows}
-            if data.range == nil then -- a baton page
-                counts.fanout_done = 1
-                if upto == nil then
-                    counts.fanout_total = (data.page or 0) + 1
-                end
+    once(task_id, broadcast_id, key, function()
+        local rows, rest = subscribers.scan(after, upto, audience_of(spec), math.huge,
+                                            opts.budget or math.huge)
+        put = enqueue_rows(broadcast_id, spec, rows, opts.zone_at)
+        local counts = {targeted = #rows, enqueued = #rows}
+        if data.range == nil then -- a baton page
+            counts.fanout_done = 1
+            if upto == nil then
+                counts.fanout_total = (data.page or 0) + 1
+            end
+        else
+            local weight = tonumber(data.range[4])
+            if is_root(data.range) then
+                counts.fanout_total = weight
+            end
+            if rest ~= nil then
+                local more = {b = broadcast_id, range = {rest, upto, opts.budget, weight}}
+                queue.tube.fanout:put(more)
+                hold(broadcast_id, more, fiber.time())
             else
-                local weight = tonumber(data.range[4])
-                if is_root(data.range) then
-                    counts.fanout_total = weight
-                end
-                if rest ~= nil then
-                    local more = {b = broadcast_id, range = {rest, upto, opts.budget, weight}}
-                    queue.tube.fanout:put(more)
-                    hold(broadcast_id, more, fiber.time())
-                else
-                    counts.fanout_done = weight
-                end
+                counts.fanout_done = weight
             end
-            finished = counts.fanout_done ~= nil
-            broadcasts.progress_add({[broadcast_id] = counts})
-            if opts.next ~= nil then
-                queue.tube.fanout:put(opts.next)
-                hold(broadcast_id, opts.next, fiber.time())
-            elseif opts.handed ~= nil then
-                hold(broadcast_id, opts.handed[2], fiber.time(), opts.handed[1])
-            end
-            mark(broadcast_id, key, data.range == nil and key_of(upto, '') or '', data.page)
         end
-        queue.tube.fanout:ack(task_id)
+        finished = counts.fanout_done ~= nil
+        broadcasts.progress_add({[broadcast_id] = counts})
+        if opts.next ~= nil then
+            queue.tube.fanout:put(opts.next)
+            hold(broadcast_id, opts.next, fiber.time())
+        elseif opts.handed ~= nil then
+            hold(broadcast_id, opts.handed[2], fiber.time(), opts.handed[1])
+        end
+        mark(broadcast_id, key, data.range == nil and key_of(upto, '') or '', data.page)
     end)
     return put, finished
 end
@@ -201,8 +209,8 @@ end
 function M.range_step(task_id, broadcast_id, data, opts)
     local after, upto, n, weight = unpack(data.range, 1, 4)
     weight = tonumber(weight)
-    if after == nil and upto == nil and n == nil then
-        n = box.space.subscriber:len() -- the root: the whole index
+    if is_root(data.range) then
+        n = box.space.subscriber:len() -- the whole index
     end
     local cuts = {}
     if n > opts.leaf then
@@ -216,29 +224,26 @@ function M.range_step(task_id, broadcast_id, data, opts)
     local share = math.floor(weight / k)
     local size = math.ceil(n / k)
     local put
-    atomic(function()
-        if not M.done(broadcast_id, M.task_key(data)) then
-            put = setmetatable({}, {__serialize = 'map'})
-            local lo = after
-            for i = 1, k do
-                local hi = cuts[i] or upto
-                local part = {b = broadcast_id,
-                              range = {lo, hi, size, i < k and share or weight - share * (k - 1)}}
-                local to = opts.targets[(i - 1) % #opts.targets + 1]
-                if to == broadcasts.node_name then
-                    queue.tube.fanout:put(part)
-                else
-                    queue.tube.fanout:put({b = broadcast_id, range = part.range, to = to})
-                end
-                hold(broadcast_id, part, fiber.time())
-                lo = hi
+    once(task_id, broadcast_id, M.task_key(data), function()
+        put = setmetatable({}, {__serialize = 'map'})
+        local lo = after
+        for i = 1, k do
+            local hi = cuts[i] or upto
+            local part = {b = broadcast_id,
+                          range = {lo, hi, size, i < k and share or weight - share * (k - 1)}}
+            local to = opts.targets[(i - 1) % #opts.targets + 1]
+            if to == broadcasts.node_name then
+                queue.tube.fanout:put(part)
+            else
+                queue.tube.fanout:put({b = broadcast_id, range = part.range, to = to})
             end
-            if is_root(data.range) then
-                broadcasts.progress_add({[broadcast_id] = {fanout_total = weight}})
-            end
-            mark(broadcast_id, M.task_key(data), '')
+            hold(broadcast_id, part, fiber.time())
+            lo = hi
         end
-        queue.tube.fanout:ack(task_id)
+        if is_root(data.range) then
+            broadcasts.progress_add({[broadcast_id] = {fanout_total = weight}})
+        end
+        mark(broadcast_id, M.task_key(data), '')
     end)
     return put, false
 end

@@ -41,6 +41,11 @@ local function sent()
     return s
 end
 
+local function drain()
+    queue.tube.ios:truncate()
+    queue.tube.android:truncate()
+end
+
 local test = tap.test('fanout')
 test:plan(6)
 
@@ -77,8 +82,7 @@ test:test('a cascade reaches every device once, and its weights add up to the wh
     t:ok(progress.fanout_done == WHOLE and progress.fanout_total == WHOLE, 'the finished slices weigh the whole')
     t:ok(cuts >= 2 and steps > cuts, 'ranges were cut at more than one level')
     t:is(#fanout.orphans(b, {'node1'}), 0, 'nothing is left to do')
-    queue.tube.ios:truncate()
-    queue.tube.android:truncate()
+    drain()
 end)
 
 test:test('a slice runs once, however often its task comes', function(t)
@@ -93,8 +97,7 @@ test:test('a slice runs once, however often its task comes', function(t)
     local put = fanout.range_step(copy[1], b, copy[3], {leaf = 2000, parts = 4, targets = {'node1'}})
     t:is(put, nil, 'the copy reports it was done')
     t:is(sent(), 1100, 'and enqueues nothing')
-    queue.tube.ios:truncate()
-    queue.tube.android:truncate()
+    drain()
 end)
 
 test:test('parts for other nodes wait here, held by this node until forwarded', function(t)
