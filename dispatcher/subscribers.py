@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -45,10 +45,6 @@ class Subscriber:
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> Subscriber:
         return cls(row[0], row[1], row[2], row[3], tuple(row[4]), row[5], row[6], row[7], row[8], row[9])
-
-    @property
-    def cursor(self) -> Cursor:
-        return (self.user_id, self.token)
 
 
 # A position in the audience's (user_id, token) order.
@@ -119,14 +115,3 @@ class Subscribers:
         rows = [Subscriber.from_row(r) for r in body[0]]
         cursor = tuple(body[1]) if len(body) > 1 and body[1] is not None else None
         return rows, cursor
-
-    async def scan(
-        self, audience: Audience | None = None, batch: int = 1000, after: Cursor | None = None
-    ) -> AsyncIterator[list[Subscriber]]:
-        """Every device of the audience, in pages, from ``after`` on."""
-        while True:
-            rows, after = await self.page(after, batch, audience)
-            if rows:
-                yield rows
-            if after is None:
-                return
