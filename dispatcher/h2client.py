@@ -98,6 +98,11 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio's classes
+        tls = transport.get_extra_info("ssl_object")
+        if tls is not None and tls.selected_alpn_protocol() != "h2":
+            log.error("h2: the server did not agree to HTTP/2 (ALPN %r); closing", tls.selected_alpn_protocol())
+            self._close()
+            return
         self.h2.initiate_connection()
         self._flush()
 
