@@ -190,7 +190,7 @@ class FanoutWorker:
         node, or to the next live one, or keeps it when no peer takes it."""
         part = {k: v for k, v in task.data.items() if k != "to"}
         target = task.data["to"]
-        if self.peers is not None and target not in self.peers.alive():
+        if self.peers is not None and target != self.me and target not in self.peers.alive():
             target = self.peers.next_alive(target)
         if self.peers is not None and target != self.me:
             try:

@@ -100,14 +100,21 @@ function M.progress_add(deltas)
     return true
 end
 
--- Every node's counters for the broadcast, summed, and per node.
+-- Every node's counters for the broadcast, summed, and per node. The one
+-- exception is fanout_total (see fanout.lua), the largest of the nodes':
+-- it is written once per node by the fan-out's last step, and that step
+-- run on two nodes at once (within replication lag) must not double it.
 function M.progress(broadcast_id)
     local total = setmetatable({}, {__serialize = 'map'})
     local nodes = setmetatable({}, {__serialize = 'map'})
     for _, t in box.space.progress:pairs({broadcast_id}) do
         nodes[t[P.node]] = t[P.counters]
         for name, n in pairs(t[P.counters]) do
-            total[name] = (total[name] or 0) + n
+            if name == 'fanout_total' then
+                total[name] = math.max(total[name] or 0, n)
+            else
+                total[name] = (total[name] or 0) + n
+            end
         end
     end
     return total, nodes

@@ -14,8 +14,8 @@
 -- (`fanout_holder`, replicated) name the node that holds each task still
 -- to run, so that a dead node's are re-issued.
 --
--- Completion, summed over the nodes' progress rows: the fan-out is over
--- when `fanout_done` reaches `fanout_total`. A baton page adds 1 to
+-- Completion, over the nodes' progress rows (see broadcasts.progress):
+-- the fan-out is over when `fanout_done` reaches `fanout_total`. A baton page adds 1 to
 -- fanout_done, and the last page adds the number of pages to fanout_total.
 -- A cascade's root adds its weight (FANOUT_WEIGHT in
 -- dispatcher/broadcasts.py) to fanout_total, a range hands its weight to

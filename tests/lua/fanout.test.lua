@@ -47,7 +47,7 @@ local function drain()
 end
 
 local test = tap.test('fanout')
-test:plan(6)
+test:plan(7)
 
 test:test('cuts split by index position, whatever the keys look like', function(t)
     t:plan(4)
@@ -159,6 +159,19 @@ test:test('local_time delays each device to its zone', function(t)
     t:is(s.delayed, 1, 'the device waits for its hour')
     local task = queue.tube.ios:peek(queue.tube.ios.space:select()[1][1])
     t:ok(math.abs(task[3][5] - (at + 60)) < 1, 'and expires ttl after it')
+end)
+
+test:test('a last step run on two nodes does not move the end', function(t)
+    t:plan(2)
+    for _, node in ipairs({'node1', 'node2'}) do
+        box.space.progress:replace({'b_twice', node, setmetatable({fanout_done = 7, fanout_total = 12},
+                                   {__serialize = 'map'}), 1, node})
+    end
+    local total = broadcasts.progress('b_twice')
+    t:is(total.fanout_total, 12, 'the total is the largest of the nodes\', not their sum')
+    t:is(total.fanout_done, 14, 'finished slices still add up')
+    box.space.progress:delete({'b_twice', 'node1'})
+    box.space.progress:delete({'b_twice', 'node2'})
 end)
 
 helper.finish(test)
