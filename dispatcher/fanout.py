@@ -221,9 +221,10 @@ class FanoutWorker:
 
     async def _watch_baton(self, broadcast: Broadcast) -> None:
         assert self.peers is not None
-        latest = (await self._call("fanout_latest_page", broadcast.id))[0]
-        if latest is None:
-            return
+        body = await self._call("fanout_latest_page", broadcast.id)
+        if not body or body[0] is None:
+            return  # no page done yet
+        latest = body[0]
         _, after, node, at, page = latest
         if after is None or time.time() - at <= self.baton_silence_s or self.peers.next_alive(node) != self.me:
             return

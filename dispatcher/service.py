@@ -69,7 +69,7 @@ class Dispatcher:
             FanoutWorker(s.node.name, self.queue, self.broadcasts, d.fanout_page, d.high_water, self.peers,
                          d.baton_silence_s, d.cascade_parts),
         ]
-        self._workers = [asyncio.create_task(w.run(self._stop)) for w in workers]
+        self._workers = [asyncio.create_task(self._supervise(w)) for w in workers]
         if s.api.keys is None:
             self.api_keys = {"dev-" + secrets.token_urlsafe(18): {"admin", "backend"}}
         else:
@@ -82,6 +82,16 @@ class Dispatcher:
         server = site._server
         assert server is not None
         self.api_port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    async def _supervise(self, worker: SendWorker | FanoutWorker) -> None:
+        """Runs a worker until stop; a bug that escapes it is logged at once
+        and the worker starts again, instead of the node going quiet."""
+        while not self._stop.is_set():
+            try:
+                await worker.run(self._stop)
+            except Exception:
+                log.exception("%s crashed; starting it again in 1 s", type(worker).__name__)
+                await asyncio.sleep(1)
 
     async def _gateway_settings(self) -> tuple[ApnsSettings, FcmSettings]:
         s = self.settings

@@ -261,6 +261,7 @@ function M.forwarded(task_id, broadcast_id, part, to)
         if old ~= nil then
             box.space.fanout_holder:update(key, {
                 {'=', H.node, to},
+                {'=', H.data, part},
                 {'=', H.updated, versioned.next_version(old, H_VERSION)},
                 {'=', H.origin, broadcasts.node_name},
             })
@@ -298,7 +299,8 @@ end
 function M.latest_page(broadcast_id)
     local t = box.space.fanout_page.index.at:max({broadcast_id})
     if t ~= nil then
-        return {t[P.after], cursor_of(t[P.next]), t[P.node], t[P.at], t[P.page]}
+        -- box.NULL, not nil: an array with a hole would go out as a map.
+        return {t[P.after], cursor_of(t[P.next]) or box.NULL, t[P.node], t[P.at], t[P.page] or box.NULL}
     end
 end
 
