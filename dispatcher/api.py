@@ -28,7 +28,7 @@ from dispatcher.messages import Message
 from dispatcher.peers import Peers
 from dispatcher.queue import Queue
 from dispatcher.subscribers import Registration, Subscriber, Subscribers
-from dispatcher.tasks import SendTask, send_backlog
+from dispatcher.tasks import SendBacklog, SendTask
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class Api:
         self.queue = queue
         self.subscribers = subscribers
         self.broadcasts = broadcasts
-        self._depth: tuple[float, int] = (0.0, 0)
+        self._backlog = SendBacklog(queue, max_age_s=1.0)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024)
@@ -190,10 +190,7 @@ class Api:
             raise ApiError(403, f"this key lacks the {scope!r} scope")
 
     async def _refuse_if_full(self) -> None:
-        at, depth = self._depth
-        if time.monotonic() - at > 1.0:
-            depth = await send_backlog(self.queue)
-            self._depth = (time.monotonic(), depth)
+        depth = await self._backlog.count()
         if depth > self.settings.queue_limit:
             raise ApiError(429, f"the node holds {depth} queued pushes, over its limit; retry later",
                            headers={"Retry-After": str(self.settings.retry_after_s)})

@@ -42,7 +42,7 @@ from dispatcher.broadcasts import Broadcast, Broadcasts, fanned_out
 from dispatcher.errors import StoreError
 from dispatcher.peers import Peers
 from dispatcher.queue import Queue, Task
-from dispatcher.tasks import send_backlog
+from dispatcher.tasks import SendBacklog
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class FanoutWorker:
         self.cascade_parts = cascade_parts
         self._zone_at: dict[str, tuple[float, dict[str, float]]] = {}
         self._reissued: dict[tuple[str, Any], float] = {}
-        self._backlog = (0.0, 0)
+        self._backlog = SendBacklog(queue, max_age_s=0.25)
 
     async def run(self, stop: asyncio.Event) -> None:
         next_watch = time.monotonic() + self.baton_silence_s / 3
@@ -100,16 +100,6 @@ class FanoutWorker:
 
     async def _call(self, function: str, *args: Any) -> list[Any]:
         return await self.store.call("node." + function, args)
-
-    async def _send_tubes_full(self) -> bool:
-        # Counting the tubes walks their indexes, so between counts (at most
-        # a quarter second apart) the backlog is estimated: the last count
-        # plus what this worker enqueued since. It only ever overestimates.
-        at, backlog = self._backlog
-        if time.monotonic() - at > 0.25 or backlog > self.high_water:
-            backlog = await send_backlog(self.queue)
-            self._backlog = (time.monotonic(), backlog)
-        return backlog > self.high_water
 
     def _zones(self, broadcast: Broadcast) -> dict[str, float] | None:
         """For a local_time broadcast: when that hour next comes in each zone
@@ -138,7 +128,7 @@ class FanoutWorker:
         if "to" in task.data:
             await self._forward(task, broadcast)
             return
-        if await self._send_tubes_full():
+        if await self._backlog.count(recount_above=self.high_water) > self.high_water:
             await self.tube.release(task.id, delay_s=1.0)
             return
         if broadcast.state == "scheduled":
@@ -152,7 +142,7 @@ class FanoutWorker:
             put, finished = await self._baton(task, broadcast)
         for platform, n in (put or {}).items():
             metrics.ENQUEUED.labels(platform).inc(n)
-            self._backlog = (self._backlog[0], self._backlog[1] + n)
+            self._backlog.added(n)
         if finished and fanned_out(await self.broadcasts.progress(broadcast.id)):
             metrics.BROADCASTS.labels("fanned_out").inc()
 
@@ -229,9 +219,11 @@ class FanoutWorker:
         if after is None or time.time() - at <= self.baton_silence_s or self.peers.next_alive(node) != self.me:
             return
         key = (broadcast.id, tuple(after))
-        if time.monotonic() - self._reissued.get(key, -1e9) <= self.baton_silence_s:
-            return  # re-issued here already; it may be waiting for the send tubes
-        self._reissued[key] = time.monotonic()
+        now = time.monotonic()
+        self._reissued = {k: at for k, at in self._reissued.items() if now - at <= self.baton_silence_s}
+        if key in self._reissued:
+            return  # re-issued here lately; it may be waiting for the send tubes
+        self._reissued[key] = now
         log.warning("fan-out: baton of %s silent since %s left it; re-issuing it here", broadcast.id, node)
         metrics.FANOUT_TAKEN_OVER.labels("baton_silent").inc()
         baton = {"b": broadcast.id, "after": after, "page": (page or 0) + 1}

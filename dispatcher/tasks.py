@@ -4,6 +4,7 @@ attempt count and when it stops being worth sending."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,8 +35,27 @@ class SendTask:
 SEND_TUBES = ("ios", "android")
 
 
-async def send_backlog(queue: Queue) -> int:
+class SendBacklog:
     """Send tasks waiting on this node (ready or delayed): what the API's 429
-    and the fan-out's high-water mark are measured against."""
-    stats = await queue.statistics()
-    return sum(stats[t]["tasks"]["ready"] + stats[t]["tasks"]["delayed"] for t in SEND_TUBES)
+    and the fan-out's high-water mark are measured against. Counting walks
+    the tubes' indexes, so a count serves for up to ``max_age_s``, plus what
+    the caller says it added since: an estimate that can only be high."""
+
+    def __init__(self, queue: Queue, max_age_s: float) -> None:
+        self._queue = queue
+        self._max_age_s = max_age_s
+        self._at, self._count = -1e9, 0
+
+    async def count(self, recount_above: int | None = None) -> int:
+        """The backlog; counted afresh when the last count is stale, or when
+        the estimate is above ``recount_above`` (so a limit is judged on a
+        real count, not on the estimate)."""
+        stale = time.monotonic() - self._at > self._max_age_s
+        if stale or (recount_above is not None and self._count > recount_above):
+            stats = await self._queue.statistics()
+            self._count = sum(stats[t]["tasks"]["ready"] + stats[t]["tasks"]["delayed"] for t in SEND_TUBES)
+            self._at = time.monotonic()
+        return self._count
+
+    def added(self, n: int) -> None:
+        self._count += n
