@@ -6,8 +6,12 @@
           ├── NodeUnavailable    not reachable, timed out, connection lost: try again later
           ├── NodeMisconfigured  reachable, but wrong credentials, not our Lua app,
           │                      or an older schema: a person must fix it
-          └── StoreRejected      a stored function refused the request (bad argument,
-                                 a task this session does not hold)
+          ├── StoreRejected      a stored function refused the request with one of our
+          │                      error codes (lua/node/errors.lua): a bad argument, a task
+          │                      this session does not hold; the message is meant for the client
+          └── StoreFailed        the store failed the request for its own reasons: out of
+                                 memory, read-only, a bug in a stored function; the message
+                                 is for the log, never for a client
 
 asynctnt's exceptions are translated into these at the boundary (store.py).
 """
@@ -34,4 +38,20 @@ class NodeMisconfigured(StoreError):
 
 
 class StoreRejected(StoreError):
-    """A stored function raised an error for this request."""
+    """A stored function refused this request (one of our error codes)."""
+
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class StoreFailed(StoreError):
+    """A stored function failed for a reason that is not the request's fault
+    (Tarantool's own error code: out of memory, read-only, a Lua error)."""
+
+    def __init__(self, message: str, code: int = 0, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        # True for conditions that pass (read-only, out of memory, WAL I/O):
+        # the API answers 503 with Retry-After; False (a bug): 500.
+        self.retryable = retryable
