@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -16,10 +17,11 @@ from pydantic import ValidationError
 from dispatcher.api import curl_example
 from dispatcher.broadcasts import shown_state
 from dispatcher.cluster_up import cluster_up
-from dispatcher.config import Settings, load_settings
+from dispatcher.config import CONFIG_ENV, Settings, load_settings
 from dispatcher.errors import ConfigError, DispatcherError
 from dispatcher.fakes.faults import Faults
 from dispatcher.fakes.gateways import FakeGateways
+from dispatcher.preflight import refusals, warnings
 from dispatcher.service import Dispatcher
 
 log = logging.getLogger("dispatcher")
@@ -32,8 +34,11 @@ def _parser() -> argparse.ArgumentParser:
         help="TOML settings file (default: $DISPATCHER_CONFIG, else built-in defaults)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="run this node: Tarantool (when embedded), workers, HTTP API")
-    commands.add_parser("check-config", help="validate the settings and print them")
+    run = commands.add_parser("run", help="run this node: Tarantool (when embedded), workers, HTTP API")
+    run.add_argument("--demo", action="store_true",
+                     help="demo mode: fake gateways, demo devices, an API key made at start-up (loopback only)")
+    check = commands.add_parser("check-config", help="validate the settings, print them and what is unsafe")
+    check.add_argument("--demo", action="store_true", help="judge them as `run --demo` would")
     fakes = commands.add_parser("fake-gateways", help="run the fake APNs and FCM (and FCM's OAuth endpoint)")
     fakes.add_argument("--dir", type=Path, default=Path("data/fakes"), help="where keys and the CA are written")
     fakes.add_argument("--host", default="127.0.0.1")
@@ -151,7 +156,23 @@ async def _run_cluster(args: argparse.Namespace) -> None:
     await cluster_up(args.nodes, args.dir, args.tarantool_port, args.http_port, args.demo_devices, stop)
 
 
+def _check_config(settings: Settings, path: Path | None) -> int:
+    """Prints the settings (secrets masked), then what is unsafe; exit 2 when
+    `run` would refuse them."""
+    print(settings.model_dump_json(indent=2))
+    path = path or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+    for line in warnings(settings, path):
+        print(f"warning: {line}", file=sys.stderr)
+    problems = refusals(settings)
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    return 2 if problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Whatever this process writes (Tarantool's data when embedded, logs,
+    # the fakes' keys, configs) is for its owner only.
+    os.umask(0o077)
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -163,10 +184,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--nodes: between 1 and 16")
             uvloop.run(_run_cluster(args))
             return 0
-        settings = load_settings(args.config)
+        demo = {"node": {"demo": True, "gateways": "fake"}} if args.demo else None
+        settings = load_settings(args.config, demo)
         if args.command == "check-config":
-            print(settings.model_dump_json(indent=2))
-            return 0
+            return _check_config(settings, args.config)
         uvloop.run(_run(settings))
         return 0
     except ConfigError as e:

@@ -13,15 +13,27 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from dispatcher.errors import ConfigError
 
 CONFIG_ENV = "DISPATCHER_CONFIG"
 DEV_PASSWORD = "dispatcher-dev-password"
+MIN_SECRET_CHARS = 12
+
+
+def _long_enough(value: SecretStr) -> SecretStr:
+    # The value itself is never part of the message.
+    if len(value.get_secret_value()) < MIN_SECRET_CHARS:
+        raise ValueError(f"must be at least {MIN_SECRET_CHARS} characters")
+    return value
+
+
+# A password: at least MIN_SECRET_CHARS characters, masked when printed.
+Password = Annotated[SecretStr, AfterValidator(_long_enough)]
 
 
 class TarantoolSettings(BaseModel):
@@ -32,7 +44,7 @@ class TarantoolSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(3301, ge=1, le=65535)
     user: str = "dispatcher"
-    password: SecretStr = SecretStr(DEV_PASSWORD)
+    password: Password = SecretStr(DEV_PASSWORD)
     # How long start-up waits for Tarantool to answer before giving up.
     startup_timeout_s: float = Field(30.0, gt=0)
     connect_timeout_s: float = Field(3.0, gt=0)
@@ -59,7 +71,17 @@ class NodeSettings(BaseModel):
     tarantool_bin: str = "tarantool"
     # Other nodes' Tarantool addresses; replication is full mesh.
     peers: list[str] = Field(default_factory=list)
-    replicator_password: SecretStr | None = None
+    replicator_password: Password | None = None
+    # "real": APNs and FCM as [apns] and [fcm] say. "fake": the node runs the
+    # fake gateways in process and sends every push to them (demos, tests):
+    # nothing reaches a phone.
+    gateways: Literal["real", "fake"] = "real"
+    # The platforms this node sends to; one left out needs no credentials,
+    # and its devices are refused at registration.
+    platforms: list[Literal["ios", "android"]] = Field(["ios", "android"], min_length=1)
+    # Demo mode (`dispatcher run --demo`): fake gateways, demo devices in an
+    # empty node, and an API key made at start-up when the API is on loopback.
+    demo: bool = False
 
     @model_validator(mode="after")
     def _peers_need_replicator(self) -> NodeSettings:
@@ -175,11 +197,22 @@ class ApiSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-    # None: a key with both scopes is made at start-up and printed (development).
+    # Required, except in demo mode on loopback, where a key with both
+    # scopes is made at start-up and printed.
     keys: list[ApiKey] | None = None
     # Above this many ready and delayed send tasks, new work gets 429.
     queue_limit: int = Field(2_000_000, ge=1)
+    # Above this share of Tarantool's memtx quota in use, new work gets 429
+    # (one-off pushes carry their message, so memory fills before the count).
+    memory_limit_share: float = Field(0.85, gt=0, le=1)
     retry_after_s: int = Field(30, ge=1)
+    # Slow clients are dropped: a request's headers must arrive within
+    # header_timeout_s of the connection opening or the previous response
+    # (so it also bounds an idle keep-alive), its body within body_timeout_s.
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0)
+    # Connections beyond this many are closed as they arrive.
+    max_connections: int = Field(1000, ge=1)
 
 
 class DispatchSettings(BaseModel):
@@ -203,7 +236,7 @@ class DispatchSettings(BaseModel):
     retry_deadline_s: float = Field(3600.0, gt=0)
     # Seconds a SIGTERM waits for pushes in flight before giving up.
     drain_timeout_s: float = Field(30.0, gt=0)
-    # Demo devices put in when the node has none (0: none).
+    # Demo mode only: demo devices put in when the node has none (0: none).
     demo_devices: int = Field(1000, ge=0)
 
 
@@ -216,7 +249,7 @@ class Settings(BaseSettings):
 
     node: NodeSettings = Field(default_factory=NodeSettings)
     tarantool: TarantoolSettings = Field(default_factory=TarantoolSettings)
-    # Unset: the node sends to the fake gateways it starts itself.
+    # Required for each platform in node.platforms, unless node.gateways = "fake".
     apns: ApnsSettings | None = None
     fcm: FcmSettings | None = None
     api: ApiSettings = Field(default_factory=ApiSettings)
@@ -257,7 +290,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_dev_password_off_loopback(self) -> Settings:
-        if self.tarantool.password.get_secret_value() == DEV_PASSWORD and not _is_loopback(
+        if self.tarantool.password.get_secret_value() == DEV_PASSWORD and not is_loopback(
             self.tarantool.host
         ):
             raise ValueError(
@@ -295,7 +328,7 @@ def _toml_value(value: Any) -> str:
     return json.dumps(str(value))
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -324,13 +357,16 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def load_settings(path: Path | str | None = None) -> Settings:
+def load_settings(path: Path | str | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Settings:
     """Reads the file (``path``, else ``$DISPATCHER_CONFIG``, else none) and the
     environment, and returns checked settings or raises :class:`ConfigError`
-    naming every setting at fault."""
+    naming every setting at fault. ``overrides`` (per section) win over the
+    file, as command-line flags do; the environment still wins over both."""
     if path is None and os.environ.get(CONFIG_ENV):
         path = os.environ[CONFIG_ENV]
     values = _read_file(Path(path)) if path is not None else {}
+    for section, fields in (overrides or {}).items():
+        values[section] = {**values.get(section, {}), **fields}
     try:
         return Settings(**values)
     except ValidationError as e:

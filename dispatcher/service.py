@@ -1,6 +1,6 @@
 """One node's dispatcher, put together: its Tarantool (when embedded), the
-store connection, the senders (the fake gateways when no credentials are
-configured), the send and fan-out workers and the HTTP API."""
+store connection, the senders (to the fake gateways only when
+``node.gateways = "fake"``), the send and fan-out workers and the HTTP API."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ from dispatcher.apns import ApnsSender
 from dispatcher.backoff import Backoff
 from dispatcher.broadcasts import Broadcasts
 from dispatcher.config import ApnsSettings, FcmSettings, Settings
+from dispatcher.errors import ConfigError
 from dispatcher.fakes.gateways import FakeGateways
 from dispatcher.fanout import FanoutWorker
 from dispatcher.fcm import FcmSender
 from dispatcher.peers import Peers
+from dispatcher.preflight import refusals
 from dispatcher.queue import Queue
 from dispatcher.store import Store
 from dispatcher.subscribers import Registration, Subscribers
@@ -34,6 +36,9 @@ DEMO_ZONES = ("UTC", "Europe/Paris", "America/New_York", "Asia/Tokyo")
 
 class Dispatcher:
     def __init__(self, settings: Settings) -> None:
+        problems = refusals(settings)
+        if problems:
+            raise ConfigError("cannot start this node: " + "; ".join(problems))
         self.settings = settings
         self.tarantool = TarantoolProcess(settings) if settings.node.embedded else None
         self.store = Store(settings.tarantool)
@@ -47,7 +52,7 @@ class Dispatcher:
         self._stop = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
-        self._senders: list[ApnsSender | FcmSender] = []
+        self._senders: dict[str, ApnsSender | FcmSender] = {}
 
     async def start(self) -> None:
         s = self.settings
@@ -56,25 +61,24 @@ class Dispatcher:
         await self.store.connect()
         if self.peers is not None:
             self.peers.start()
-        apns_settings, fcm_settings = await self._gateway_settings()
-        apns, fcm = ApnsSender(apns_settings), FcmSender(fcm_settings)
-        self._senders = [apns, fcm]
+        self._senders = await self._start_senders()
         d = s.dispatch
         backoff = Backoff(d.retry_base_s, d.retry_cap_s, d.max_attempts, d.retry_deadline_s)
         workers: list[SendWorker | FanoutWorker] = [
-            SendWorker("ios", self.queue.tube("ios"), apns, self.store, self.broadcasts, backoff, d.batch,
-                       d.loops_per_platform),
-            SendWorker("android", self.queue.tube("android"), fcm, self.store, self.broadcasts, backoff, d.batch,
-                       d.loops_per_platform),
-            FanoutWorker(s.node.name, self.queue, self.broadcasts, d.fanout_page, d.high_water, self.peers,
-                         d.baton_silence_s, d.cascade_parts),
+            SendWorker(platform, self.queue.tube(platform), sender, self.store, self.broadcasts, backoff, d.batch,
+                       d.loops_per_platform)
+            for platform, sender in self._senders.items()
         ]
+        workers.append(FanoutWorker(s.node.name, self.queue, self.broadcasts, d.fanout_page, d.high_water,
+                                    self.peers, d.baton_silence_s, d.cascade_parts))
         self._workers = [asyncio.create_task(self._supervise(w)) for w in workers]
         if s.api.keys is None:
-            self.api_keys = {"dev-" + secrets.token_urlsafe(18): {"admin", "backend"}}
+            # Demo mode on loopback only (preflight refuses anything else).
+            self.api_keys = {"demo-" + secrets.token_urlsafe(18): {"admin", "backend"}}
         else:
             self.api_keys = {k.key.get_secret_value(): set(k.scopes) for k in s.api.keys}
-        api = Api(s.api, self.api_keys, self.queue, self.subscribers, self.broadcasts, self.peers)
+        api = Api(s.api, self.api_keys, self.queue, self.subscribers, self.broadcasts, self.peers,
+                  frozenset(self._senders))
         self._runner = web.AppRunner(api.app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.api.host, s.api.port)
@@ -93,24 +97,35 @@ class Dispatcher:
                 log.exception("%s crashed; starting it again in 1 s", type(worker).__name__)
                 await asyncio.sleep(1)
 
-    async def _gateway_settings(self) -> tuple[ApnsSettings, FcmSettings]:
+    async def _start_senders(self) -> dict[str, ApnsSender | FcmSender]:
+        """A sender for each platform this node sends to: to the gateways
+        [apns] and [fcm] name, or to the fakes when node.gateways = "fake"."""
         s = self.settings
-        if s.apns is not None and s.fcm is not None:
-            return s.apns, s.fcm
-        self.fakes = FakeGateways(Path(s.node.data_dir) / "fakes")
-        await self.fakes.start()
-        c = self.fakes.credentials
-        log.info("no credentials for %s: sending to the fake gateways",
-                 " and ".join(n for n, v in (("APNs", s.apns), ("FCM", s.fcm)) if v is None))
-        apns = s.apns or c.apns_settings(self.fakes.ports["apns"])
-        fcm = s.fcm or c.fcm_settings(self.fakes.ports["fcm"])
-        return apns, fcm
+        apns: ApnsSettings | None = s.apns
+        fcm: FcmSettings | None = s.fcm
+        if s.node.gateways == "fake":
+            self.fakes = FakeGateways(Path(s.node.data_dir) / "fakes")
+            await self.fakes.start()
+            log.warning('node.gateways = "fake": sending every push to the fake gateways in this process')
+            apns = self.fakes.credentials.apns_settings(self.fakes.ports["apns"])
+            fcm = self.fakes.credentials.fcm_settings(self.fakes.ports["fcm"])
+        senders: dict[str, ApnsSender | FcmSender] = {}
+        if "ios" in s.node.platforms:
+            assert apns is not None, "preflight requires [apns]"
+            senders["ios"] = ApnsSender(apns)
+        if "android" in s.node.platforms:
+            assert fcm is not None, "preflight requires [fcm]"
+            senders["android"] = FcmSender(fcm)
+        return senders
 
     async def seed_demo_devices(self) -> int:
-        """Puts demo devices in when the node has none; returns how many."""
-        rows, cursor = await self.subscribers.page(None, 1)
+        """In demo mode, puts demo devices in when the node has none; returns
+        how many."""
         count = self.settings.dispatch.demo_devices
-        if rows or cursor is not None or count == 0:
+        if not self.settings.node.demo or count == 0:
+            return 0
+        rows, cursor = await self.subscribers.page(None, 1)
+        if rows or cursor is not None:
             return 0
         regs = [
             Registration(f"{i:064x}" if i % 2 == 0 else f"demo-android-{i:08d}:" + "A" * 120,
@@ -146,7 +161,7 @@ class Dispatcher:
             for task in done:
                 if task.exception() is not None:
                     log.error("worker failed: %r", task.exception())
-        for sender in self._senders:
+        for sender in self._senders.values():
             await sender.close()
         if self.fakes is not None:
             await self.fakes.stop()

@@ -23,6 +23,7 @@ MESSAGE = {"title": "Breaking", "body": "Something happened", "data": {"story": 
 def settings_for(tmp_path: Path, **dispatch: Any) -> Settings:
     s = node_settings(tmp_path / "node")
     return s.model_copy(update={
+        "node": s.node.model_copy(update={"gateways": "fake"}),
         "api": ApiSettings(port=0, keys=[ApiKey(key=ADMIN, scopes=["admin"]),  # type: ignore[arg-type]
                                          ApiKey(key=BACKEND, scopes=["backend"])]),  # type: ignore[arg-type]
         "dispatch": DispatchSettings(demo_devices=0, retry_base_s=0.05, retry_cap_s=0.2, **dispatch),

@@ -32,7 +32,7 @@ def test_run_starts_the_node_prints_how_to_reach_it_and_stops_on_ctrl_c(tmp_path
     port, api_port = free_port(), free_port()
     env = {"DISPATCHER_TARANTOOL__PORT": str(port), "DISPATCHER_TARANTOOL__PASSWORD": TEST_PASSWORD,
            "DISPATCHER_API__PORT": str(api_port), "DISPATCHER_DISPATCH__DEMO_DEVICES": "50"}
-    proc = dispatcher("run", cwd=tmp_path, env=env)
+    proc = dispatcher("run", "--demo", cwd=tmp_path, env=env)
     try:
         assert proc.stdout is not None
         lines = [proc.stdout.readline() for _ in range(10)]
@@ -66,7 +66,52 @@ def test_bad_config_is_a_message_not_a_traceback(tmp_path: Path) -> None:
 
 
 def test_check_config_hides_secrets(tmp_path: Path) -> None:
-    proc = dispatcher("check-config", cwd=tmp_path, env={"DISPATCHER_TARANTOOL__PASSWORD": "hunter2hunter2"})
+    proc = dispatcher("check-config", "--demo", cwd=tmp_path,
+                      env={"DISPATCHER_TARANTOOL__PASSWORD": "hunter2hunter2"})
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    assert '"port": 3301' in out and "hunter2hunter2" not in out
+    assert '"port": 3301' in out and "hunter2hunter2" not in out + err
+    assert 'warning: node.gateways = "fake"' in err
+
+
+def test_without_credentials_or_keys_the_node_refuses_to_start(tmp_path: Path) -> None:
+    """No [apns], [fcm] or api.keys and no --demo: no fake gateway, no demo
+    device, no made-up key; a message naming each missing setting."""
+    port = free_port()
+    env = {"DISPATCHER_TARANTOOL__PORT": str(port), "DISPATCHER_TARANTOOL__PASSWORD": TEST_PASSWORD}
+    proc = dispatcher("run", cwd=tmp_path, env=env)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2, err
+    assert err.startswith("dispatcher: cannot start this node: apns: missing"), err
+    assert "fcm: missing" in err and "api.keys: no API key is configured" in err
+    assert "Traceback" not in err and out == ""
+    assert not (tmp_path / "data").exists(), "nothing was started: no Tarantool, no fakes"
+    check = dispatcher("check-config", cwd=tmp_path, env=env)
+    out, err = check.communicate(timeout=30)
+    assert check.returncode == 2 and "error: apns: missing" in err and "error: api.keys" in err
+
+
+def test_demo_beyond_loopback_makes_no_key(tmp_path: Path) -> None:
+    proc = dispatcher("run", "--demo", cwd=tmp_path, env={"DISPATCHER_API__HOST": "0.0.0.0"})
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert "api.keys: api.host 0.0.0.0 is beyond loopback, so demo mode makes no key" in err
+
+
+def test_check_config_warns_about_unsafe_combinations(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(
+        '[node]\ngateways = "fake"\n[tarantool]\nhost = "10.0.0.5"\npassword = "a-long-enough-password"\n'
+        '[api]\nhost = "0.0.0.0"\nkeys = [{key = "a-long-enough-password", scopes = ["admin", "backend"]}]\n')
+    config.chmod(0o644)
+    proc = dispatcher("--config", str(config), "check-config", cwd=tmp_path)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    for expected in ("api.host 0.0.0.0: the API listens beyond loopback",
+                     "tarantool.host 10.0.0.5: Tarantool's port 3301 listens beyond loopback",
+                     "api.keys[0]: the same as a Tarantool password",
+                     "api.keys[0]: one key with both scopes",
+                     f"config file {config} is readable by other users (mode 644)"):
+        assert any(expected in line for line in warnings), (expected, warnings)
+    assert "a-long-enough-password" not in out + err
