@@ -121,21 +121,9 @@ class Dispatcher:
     async def seed_demo_devices(self) -> int:
         """In demo mode, puts demo devices in when the node has none; returns
         how many."""
-        count = self.settings.dispatch.demo_devices
-        if not self.settings.node.demo or count == 0:
+        if not self.settings.node.demo:
             return 0
-        rows, cursor = await self.subscribers.page(None, 1)
-        if rows or cursor is not None:
-            return 0
-        regs = [
-            Registration(f"{i:064x}" if i % 2 == 0 else f"demo-android-{i:08d}:" + "A" * 120,
-                         f"demo-user-{i // 2:06d}", "ios" if i % 2 == 0 else "android", "news",
-                         (DEMO_TOPICS[i % len(DEMO_TOPICS)],), DEMO_ZONES[i % len(DEMO_ZONES)])
-            for i in range(count)
-        ]
-        for start in range(0, len(regs), 1000):
-            await self.subscribers.put_many(regs[start:start + 1000])
-        return count
+        return await seed_demo_devices(self.subscribers, self.settings.dispatch.demo_devices)
 
     async def kill(self) -> None:
         """What kill -9 of the node does (for tests): Tarantool killed, the
@@ -170,3 +158,28 @@ class Dispatcher:
         await self.store.close()
         if self.tarantool is not None:
             await asyncio.to_thread(self.tarantool.stop)
+
+
+def demo_registrations(count: int) -> list[Registration]:
+    """``count`` devices of the demo app 'news', half iOS, half Android, two
+    per user, spread over a few topics and time zones."""
+    return [
+        Registration(f"{i:064x}" if i % 2 == 0 else f"demo-android-{i:08d}:" + "A" * 120,
+                     f"demo-user-{i // 2:06d}", "ios" if i % 2 == 0 else "android", "news",
+                     (DEMO_TOPICS[i % len(DEMO_TOPICS)],), DEMO_ZONES[i % len(DEMO_ZONES)])
+        for i in range(count)
+    ]
+
+
+async def seed_demo_devices(subscribers: Subscribers, count: int) -> int:
+    """Registers ``count`` demo devices unless the node has a device already;
+    returns how many were registered."""
+    if count == 0:
+        return 0
+    rows, cursor = await subscribers.page(None, 1)
+    if rows or cursor is not None:
+        return 0
+    regs = demo_registrations(count)
+    for start in range(0, len(regs), 1000):
+        await subscribers.put_many(regs[start:start + 1000])
+    return count
