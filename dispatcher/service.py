@@ -78,14 +78,14 @@ class Dispatcher:
         else:
             self.api_keys = {k.key.get_secret_value(): set(k.scopes) for k in s.api.keys}
         api = Api(s.api, self.api_keys, self.queue, self.subscribers, self.broadcasts, self.peers,
-                  frozenset(self._senders))
+                  frozenset(self._senders), memtx_quota_bytes=s.node.memtx_memory_mb * 2**20)
         self._runner = web.AppRunner(api.app(), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, s.api.host, s.api.port)
+        # A TCP site whose connections are guarded: slow clients dropped,
+        # at most api.max_connections (dispatcher/api/guard.py).
+        site = api.site(self._runner)
         await site.start()
-        server = site._server
-        assert server is not None
-        self.api_port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self.api_port = site.port
 
     async def _supervise(self, worker: SendWorker | FanoutWorker) -> None:
         """Runs a worker until stop; a bug that escapes it is logged at once

@@ -86,7 +86,8 @@ async def test_a_push_that_always_fails_is_buried_after_the_last_attempt(tmp_pat
 
 async def test_cancel_stops_the_broadcast(node: Dispatcher, api: Client) -> None:
     await register(node, 100)
-    started = await start_broadcast(api, "later", send_at="2099-01-01T00:00:00Z")
+    in_20_days = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 20 * 86400))
+    started = await start_broadcast(api, "later", send_at=in_20_days)
     status, cancelled = await api.call("POST", f"/v1/broadcasts/{started['id']}/cancel")
     assert status == 200 and cancelled["state"] == "cancelled"
     await asyncio.sleep(0.5)

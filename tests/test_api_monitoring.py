@@ -1,0 +1,45 @@
+"""/metrics, /healthz and /readyz are public and do bounded work: a fixed
+number of store calls per request however many come at once, and /readyz
+gathers no statistics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from dispatcher.service import Dispatcher
+from tests.e2e import Client, register, start_broadcast, wait_done
+
+
+async def test_monitoring_makes_few_store_calls(node: Dispatcher, api: Client,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    await register(node, 10)
+    await wait_done(api, (await start_broadcast(api, "m"))["id"])
+    calls: Counter[str] = Counter()
+    real_call = node.store.call
+
+    async def counted(function: str, args: Any = None) -> list[Any]:
+        calls[function] += 1
+        return await real_call(function, args)
+
+    monkeypatch.setattr(node.store, "call", counted)
+    await asyncio.sleep(0.5)  # let the workers go quiet
+    calls.clear()
+    answers = await asyncio.gather(*(api.call("GET", "/readyz", key=None) for _ in range(50)))
+    assert all(a == (200, {"ready": True}) for a in answers)
+    assert set(calls) == {"node.info"} and calls["node.info"] <= 50, calls
+    calls.clear()
+    scrapes = await asyncio.gather(*(api.call("GET", "/metrics", key=None) for _ in range(50)))
+    assert all(status == 200 for status, _ in scrapes)
+    monitoring = {k: v for k, v in calls.items() if k in ("queue.statistics", "node.memory")}
+    assert sum(monitoring.values()) <= 2 * 50, calls
+    assert monitoring["queue.statistics"] < 50, f"concurrent scrapes share one round of calls: {calls}"
+    text = scrapes[0][1]
+    for name in ('dispatcher_pushes_total{platform="ios",verdict="delivered"}',
+                 'dispatcher_queue_tasks{state="ready",tube="ios"}',
+                 'dispatcher_tarantool_memory_bytes{kind="index"}', "dispatcher_queue_oldest_ready_seconds",
+                 'dispatcher_api_requests_total{route="/readyz",status="200"}'):
+        assert name in text, name
