@@ -49,8 +49,17 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": REF.format(model=model.__name__)}
 
 
+def _tag(path: str) -> str:
+    """Groups operations on the documentation page: devices, pushes,
+    broadcasts, monitoring, documentation."""
+    parts = path.strip("/").split("/")
+    if parts[0] != "v1":
+        return "monitoring"
+    return "documentation" if parts[1] in ("docs", "openapi.json") else parts[1]
+
+
 def _operation(route: Route) -> dict[str, Any]:
-    op: dict[str, Any] = {"operationId": route.name, "summary": route.summary,
+    op: dict[str, Any] = {"operationId": route.name, "summary": route.summary, "tags": [_tag(route.path)],
                           "security": [{"bearer": []}] if route.scope else []}
     if route.scope:
         op["description"] = f"Needs a key with the *{route.scope}* scope."
