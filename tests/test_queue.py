@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import asynctnt
 import pytest
+from asynctnt.exceptions import TarantoolDatabaseError
 
 from dispatcher.config import Settings
-from dispatcher.errors import StoreRejected
+from dispatcher.errors import NodeUnavailable, StoreRejected
 from dispatcher.queue import BURIED, DELAYED, DONE, READY, TAKEN, Queue
 from dispatcher.store import Store
+from dispatcher.tarantool_process import TarantoolProcess
+from tests.admin import console
 
 
 async def test_put_take_ack(queue: Queue) -> None:
@@ -118,3 +123,78 @@ async def test_statistics_of_every_tube(queue: Queue) -> None:
     assert set(stats) >= {"ios", "android", "fanout"}
     assert stats["fanout"]["tasks"]["ready"] == 1
     assert stats["fanout"]["calls"]["put"] == 1
+
+
+async def test_queue_refusals_carry_codes(settings: Settings, tarantool: TarantoolProcess) -> None:
+    """10001: a bad argument; 10010: a task this session does not hold. The
+    messages stay as they were."""
+    t = settings.tarantool
+
+    async def connect() -> asynctnt.Connection:
+        conn = asynctnt.Connection(host=t.host, port=t.port, username=t.user,
+                                   password=t.password.get_secret_value())
+        await conn.connect()
+        return conn
+
+    mine, other = await connect(), await connect()
+    try:
+        with pytest.raises(TarantoolDatabaseError) as bad:
+            await mine.call("queue.tube.ios:put", ["x", {"ttl": -5}])
+        assert bad.value.code == 10001 and "ttl must be a non-negative number" in bad.value.message
+        task = (await mine.call("queue.tube.ios:put", ["mine"])).body[0]
+        await mine.call("queue.tube.ios:take", [0])
+        with pytest.raises(TarantoolDatabaseError) as not_held:
+            await other.call("queue.tube.ios:ack", [task[0]])
+        assert not_held.value.code == 10010 and "was not taken by this session" in not_held.value.message
+    finally:
+        await mine.disconnect()
+        await other.disconnect()
+
+
+async def _statistics_after_restart(tube: Any) -> dict[str, Any]:
+    for _ in range(200):
+        try:
+            stats: dict[str, Any] = (await tube.statistics())["tasks"]
+            return stats
+        except NodeUnavailable:
+            await asyncio.sleep(0.1)
+    raise AssertionError("the store did not reconnect after the restart")
+
+
+async def test_counts_are_right_after_a_restart(settings: Settings, tarantool: TarantoolProcess) -> None:
+    """The counts statistics keeps are made again when the node starts: from
+    the WAL after kill -9, and from a snapshot plus the WAL after a stop;
+    each time equal to the index counted on the node's console."""
+    store = Store(settings.tarantool)
+    await store.connect()
+    tube = Queue(store).tube("ios")
+    data_dir = settings.node.data_dir
+    counted = ("return box.space.ios.index.status:count({'r'}), box.space.ios.index.status:count({'~'}), "
+               "box.space.ios.index.status:count({'!'}), box.space.ios:len()")
+    try:
+        await tube.put_many([{"n": i} for i in range(300)])
+        await tube.put_many(["later"] * 20, delay_s=3600)
+        taken = await tube.take_many(100)
+        for task in taken[:10]:
+            await tube.bury(task.id)
+        assert await tube.ack_many([t.id for t in taken[10:40]]) == []
+        expected = {"ready": 260, "taken": 0, "delayed": 20, "buried": 10, "total": 290}
+
+        tarantool.kill()
+        tarantool.start()
+        stats = await _statistics_after_restart(tube)
+        assert {k: stats[k] for k in expected} == expected, "after kill -9 (WAL only)"
+        assert console(data_dir, counted) == [260, 20, 10, 290]
+
+        await tube.put_many(["after"] * 5)
+        await tube.kick(4)
+        expected = {"ready": 269, "taken": 0, "delayed": 20, "buried": 6, "total": 295}
+        console(data_dir, "box.snapshot()")
+        await tube.take_many(50)
+        tarantool.stop()
+        tarantool.start()
+        stats = await _statistics_after_restart(tube)
+        assert {k: stats[k] for k in expected} == expected, "after a stop (snapshot and WAL)"
+        assert console(data_dir, counted) == [269, 20, 6, 295]
+    finally:
+        await store.close()

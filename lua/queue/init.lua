@@ -9,6 +9,7 @@
 --   queue.statistics([name])
 --   queue.grant(user)                      -- execute on every tube method
 local log = require('log')
+local state = require('queue.state')
 local tube = require('queue.tube')
 
 local REGISTRY = 'queue_tubes'
@@ -30,6 +31,20 @@ local function open(row)
     t.drop = queue.drop_tube
     queue.tube[name] = t
     return t
+end
+
+-- A truncate writes no row of the space, so its on_replace trigger (the
+-- counts) does not see it; the row in _truncate tells that a tube was
+-- emptied, whoever truncated it.
+local function on_truncate(_, new)
+    if new == nil then
+        return
+    end
+    for _, t in pairs(queue.tube) do
+        if t.space.id == new[1] then
+            t:_emptied()
+        end
+    end
 end
 
 local function on_disconnect()
@@ -71,6 +86,7 @@ function queue.start(opts)
     end
     if not queue.started then
         box.session.on_disconnect(on_disconnect)
+        box.space._truncate:on_replace(on_truncate)
         queue.started = true
     end
     return queue
@@ -79,14 +95,14 @@ end
 function queue.create_tube(name, kind, opts)
     opts = opts or {}
     if type(name) ~= 'string' or not name:match('^[%a_][%w_]*$') then
-        error(string.format("queue: tube name must be an identifier, got '%s'", tostring(name)), 0)
+        state.fail(state.BAD_ARGUMENT, "tube name must be an identifier, got '%s'", tostring(name))
     end
     tube.check_kind(kind)
     if queue.tube[name] ~= nil then
         if opts.if_not_exists then
             return queue.tube[name]
         end
-        error(string.format('queue: tube %s already exists', name), 0)
+        state.fail(state.BAD_ARGUMENT, 'tube %s already exists', name)
     end
     local stored = setmetatable({ttl = opts.ttl, ttr = opts.ttr, pri = opts.pri,
                                  temporary = opts.temporary, space_id = opts.space_id},
@@ -99,7 +115,7 @@ end
 -- Drops the tube with its tasks; refuses while tasks are in flight.
 function queue.drop_tube(self)
     if self.taken > 0 then
-        error(string.format('queue: tube %s has taken tasks; ack or release them first', self.name), 0)
+        state.fail(state.BAD_ARGUMENT, 'tube %s has taken tasks; ack or release them first', self.name)
     end
     self:stop()
     queue.tube[self.name] = nil
@@ -112,7 +128,7 @@ function queue.statistics(name)
     if name ~= nil then
         local t = queue.tube[name]
         if t == nil then
-            error(string.format('queue: no tube %s', tostring(name)), 0)
+            state.fail(state.BAD_ARGUMENT, 'no tube %s', tostring(name))
         end
         return t:statistics()
     end

@@ -11,6 +11,18 @@ local M = {
     DELAYED = '~',
 }
 
+-- Codes of the queue's deliberate refusals, so that a client can tell its
+-- own mistake from a failure of the node (Tarantool's own codes are below
+-- 10000). The node's errors (lua/node/errors.lua) use the same numbers for
+-- the same meanings; the queue defines its own to stay standalone.
+M.BAD_ARGUMENT = 10001  -- an argument the call cannot take
+M.NOT_HELD = 10010      -- a task this session does not hold
+
+-- Raises a coded error (a ClientError with `code`): message 'queue: ...'.
+function M.fail(code, fmt, ...)
+    box.error({code = code, reason = string.format('queue: ' .. fmt, ...)})
+end
+
 -- Times are integer milliseconds of the wall clock, so deadlines survive a
 -- restart. Not microseconds: Tarantool hands tuple integers above 2^47
 -- back as uint64 cdata, which Lua arithmetic and math.* mishandle; now
@@ -28,8 +40,8 @@ function M.seconds_to_ms(value, what)
         return nil
     end
     if type(value) ~= 'number' or value ~= value or value < 0 then
-        error(string.format('queue: %s must be a non-negative number of seconds, got %s',
-                            what, tostring(value)), 0)
+        M.fail(M.BAD_ARGUMENT, '%s must be a non-negative number of seconds, got %s',
+               what, tostring(value))
     end
     if value >= M.NEVER_MS / 1000 then
         return M.NEVER_MS

@@ -8,12 +8,20 @@
 -- lost session must make taken tasks ready again anyway, so writing the
 -- taken state to the WAL would buy nothing and cost a write per take:
 -- here a take writes nothing, and an ack is one delete.
+--
+-- Statistics read counts kept as tasks change, never an index walk: an
+-- on_replace trigger on the tube's space moves each written task from its
+-- old status to its new one (whatever wrote it: these methods, the watcher,
+-- the console), a rollback takes back what its transaction counted, and
+-- the counts are made by walking the index only when the tube opens (start
+-- or restart) and in the rare cases listed at Tube:_recount.
 local fiber = require('fiber')
 local log = require('log')
 local state = require('queue.state')
 
 local READY, TAKEN, DONE = state.READY, state.TAKEN, state.DONE
 local BURIED, DELAYED = state.BURIED, state.DELAYED
+local BAD_ARGUMENT, NOT_HELD = state.BAD_ARGUMENT, state.NOT_HELD
 
 -- Tuple layout: {id, status, next_event, ttl, ttr, pri, created, utube, data}.
 -- status on disk is ready, delayed or buried. next_event is when the task
@@ -26,6 +34,10 @@ local F_PRI, F_CREATED, F_UTUBE, F_DATA = 6, 7, 8, 9
 -- longest it sleeps without looking.
 local WATCH_BATCH = 1000
 local WATCH_IDLE_S = 1
+
+-- The most index entries statistics looks at to find the oldest ready task
+-- nobody holds.
+local OLDEST_WALK = 100
 
 local KINDS = {fifottl = true, utubettl = true}
 local CALLS = {'put', 'take', 'ack', 'release', 'bury', 'kick', 'delete',
@@ -41,13 +53,11 @@ M.METHODS = {'put', 'take', 'ack', 'release', 'peek', 'bury', 'kick',
              'delete', 'touch', 'drop', 'truncate',
              'put_many', 'take_many', 'ack_many', 'release_many'}
 
-local function fail(fmt, ...)
-    error(string.format('queue: ' .. fmt, ...), 0)
-end
+local fail = state.fail
 
 function M.check_kind(kind)
     if not KINDS[kind] then
-        fail("unknown tube type '%s' (fifottl or utubettl)", tostring(kind))
+        fail(BAD_ARGUMENT, "unknown tube type '%s' (fifottl or utubettl)", tostring(kind))
     end
 end
 
@@ -89,6 +99,10 @@ end
 --   busy[utube]   tasks of a utube in flight (utubettl)
 --   scan_from     {pri, id}: every ready task before it is taken, so a take
 --                 starts there instead of walking over tasks in flight
+--   counts[s]     tasks whose status on disk is s (a taken task is 'r')
+--   pending[fid]  {status = delta} counted by fiber fid's open transaction,
+--                 taken back if it rolls back
+--   recounts      times the counts were made by walking the index
 function M.new(name, kind, space, opts)
     local self = setmetatable({
         name = name,
@@ -106,14 +120,124 @@ function M.new(name, kind, space, opts)
         watcher_due_ms = 0,
         calls = {},
         done = 0,
+        counts = {},
+        pending = {},
+        recounts = 0,
+        stale = false,
     }, Tube)
     for _, call in ipairs(CALLS) do
         self.calls[call] = 0
     end
     local last = space.index.task_id:max()
     self.next_id = last and last[F_ID] + 1 or 0
+    -- Counted and then kept, with no yield in between.
+    self:_recount()
+    self.counter = function(old, new) self:_count(old, new) end
+    space:on_replace(self.counter)
     self.watcher = fiber.create(self._watch, self)
     return self
+end
+
+-- The on_replace trigger: the task leaves its old status and enters its new
+-- one. The first change of a transaction arms its commit and rollback
+-- triggers, so a rollback (box.atomic that raised, a failed WAL write, a
+-- yield inside a transaction) takes back exactly what it counted.
+function Tube:_count(old, new)
+    local from = old ~= nil and old[F_STATUS] or nil
+    local to = new ~= nil and new[F_STATUS] or nil
+    if from == to then
+        return
+    end
+    local fid = fiber.id()
+    local delta = self.pending[fid]
+    if delta == nil then
+        delta = {}
+        self.pending[fid] = delta
+        box.on_commit(function() self.pending[fid] = nil end)
+        box.on_rollback(function() self:_undo(fid) end)
+    end
+    local counts = self.counts
+    if from ~= nil then
+        counts[from] = (counts[from] or 0) - 1
+        delta[from] = (delta[from] or 0) - 1
+    end
+    if to ~= nil then
+        counts[to] = (counts[to] or 0) + 1
+        delta[to] = (delta[to] or 0) + 1
+    end
+end
+
+function Tube:_undo(fid)
+    local delta = self.pending[fid]
+    self.pending[fid] = nil
+    if delta == nil then
+        return
+    end
+    local counts = self.counts
+    for status, n in pairs(delta) do
+        counts[status] = (counts[status] or 0) - n
+    end
+end
+
+-- Counts the tasks of each status by walking the status index: the walk
+-- that statistics avoids, so it happens only when
+--   * the tube opens (queue.start, a restart, create_tube);
+--   * a truncate of the space was rolled back;
+--   * the watcher finds the counts disagree with space:len(), which only a
+--     change no trigger sees can cause (a rollback to a savepoint inside a
+--     transaction); it logs a warning then.
+-- Safe with other fibers' transactions waiting for the WAL: the index holds
+-- their changes already and a rollback takes them back from both.
+function Tube:_recount()
+    local index = self.space.index.status
+    local counts = {}
+    local t = index:min()
+    while t ~= nil do
+        local status = t[F_STATUS]
+        counts[status] = index:count({status})
+        t = index:select({status}, {iterator = 'GT', limit = 1})[1]
+    end
+    self.counts = counts
+    self.recounts = self.recounts + 1
+    self.stale = false
+end
+
+-- The space was truncated (queue.start's trigger on _truncate): nothing is
+-- left to count or to hold. Should the truncate roll back, the watcher
+-- counts again.
+function Tube:_emptied()
+    self.counts, self.pending = {}, {}
+    self.owners, self.deadlines, self.busy = {}, {}, {}
+    self.taken, self.scan_from = 0, nil
+    if box.is_in_txn() then
+        box.on_rollback(function()
+            self.stale = true
+            self:_wake_watcher_by(0)
+        end)
+    end
+end
+
+-- Recounts when the counts are known or seen to be wrong (see _recount);
+-- O(1) otherwise. Not while a transaction of this tube is open: a
+-- transaction aborted by a yield has left the index already but takes
+-- back its counts only when it ends.
+function Tube:_check_counts()
+    if next(self.pending) ~= nil then
+        return
+    end
+    local sum = 0
+    for _, n in pairs(self.counts) do
+        sum = sum + n
+    end
+    local len = self.space:len()
+    if not self.stale and sum == len then
+        return
+    end
+    if not self.stale then
+        log.warn('queue: tube %s: counts (%d tasks) disagree with the space (%d tasks); counting again',
+                 self.name, sum, len)
+    end
+    self:_recount()
 end
 
 -- {id, status, data}, the task shape tarantool/queue clients expect.
@@ -142,7 +266,7 @@ end
 function Tube:_get(id)
     local t = self.space:get(id)
     if t == nil then
-        fail('task %s not found in tube %s', tostring(id), self.name)
+        fail(BAD_ARGUMENT, 'task %s not found in tube %s', tostring(id), self.name)
     end
     return t
 end
@@ -162,11 +286,15 @@ function Tube:_held(id)
     return self.space:get(id)
 end
 
+-- A task this session does not hold, missing or not, is NOT_HELD: what a
+-- worker whose task came back (ttr) or was deleted gets.
 function Tube:_taken_by_me(id)
     local t = self:_held(id)
     if t == nil then
-        self:_get(id)
-        fail('task %s was not taken by this session', tostring(id))
+        if self.space:get(id) == nil then
+            fail(NOT_HELD, 'task %s not found in tube %s', tostring(id), self.name)
+        end
+        fail(NOT_HELD, 'task %s was not taken by this session', tostring(id))
     end
     return t
 end
@@ -224,7 +352,7 @@ end
 
 function Tube:_options(opts)
     if opts ~= nil and type(opts) ~= 'table' then
-        fail('options must be a map, got %s', type(opts))
+        fail(BAD_ARGUMENT, 'options must be a map, got %s', type(opts))
     end
     opts = opts or {}
     local defaults = self.opts
@@ -235,7 +363,7 @@ function Tube:_options(opts)
     local delay = state.seconds_to_ms(opts.delay, 'delay') or 0
     local pri = opts.pri or defaults.pri or 0
     if type(pri) ~= 'number' or pri < 0 or pri ~= math.floor(pri) then
-        fail('pri must be a non-negative integer, got %s', tostring(pri))
+        fail(BAD_ARGUMENT, 'pri must be a non-negative integer, got %s', tostring(pri))
     end
     local utube = ''
     if self.kind == 'utubettl' and opts.utube ~= nil then
@@ -274,7 +402,7 @@ end
 -- new task ids in the order of `items`.
 function Tube:put_many(items, opts)
     if type(items) ~= 'table' then
-        fail('put_many expects an array of task data')
+        fail(BAD_ARGUMENT, 'put_many expects an array of task data')
     end
     local o = self:_options(opts)
     local now = state.now_ms()
@@ -333,11 +461,12 @@ end
 function Tube:take_many(n, timeout)
     n = n or 1
     if type(n) ~= 'number' or n < 1 then
-        fail('take_many: count must be a positive number, got %s', tostring(n))
+        fail(BAD_ARGUMENT, 'take_many: count must be a positive number, got %s', tostring(n))
     end
     local wait_s = timeout == nil and state.NEVER_MS / 1000 or timeout
     if type(wait_s) ~= 'number' or wait_s < 0 then
-        fail('take: timeout must be a non-negative number of seconds, got %s', tostring(timeout))
+        fail(BAD_ARGUMENT, 'take: timeout must be a non-negative number of seconds, got %s',
+             tostring(timeout))
     end
     local session = box.session.id()
     local deadline = fiber.clock() + wait_s
@@ -536,7 +665,7 @@ end
 function Tube:touch(id, delta)
     local delta_ms = state.seconds_to_ms(delta, 'touch increment')
     if delta_ms == nil or delta_ms == 0 then
-        fail('touch: increment must be a positive number of seconds')
+        fail(BAD_ARGUMENT, 'touch: increment must be a positive number of seconds')
     end
     local t = self:_taken_by_me(id)
     if self.deadlines[id] ~= nil then
@@ -548,38 +677,57 @@ function Tube:touch(id, delta)
     return public(t, TAKEN)
 end
 
+-- Empties the tube; the counts and what sessions held are reset by the
+-- trigger on _truncate (queue.start), however the space was truncated.
 function Tube:truncate()
     self.space:truncate()
-    self.owners, self.deadlines, self.busy = {}, {}, {}
-    self.taken, self.scan_from = 0, nil
 end
 
 function Tube:stop()
     if self.watcher:status() ~= 'dead' then
         self.watcher:cancel()
     end
+    self.space:on_replace(nil, self.counter)
 end
 
-function Tube:statistics()
-    local index = self.space.index.status
-    -- The first ready task in take order that nobody holds: how long the
-    -- queue has kept its next task waiting.
-    local oldest = nil
+-- When the first ready task in take order that nobody holds was put: how
+-- long the queue has kept its next task waiting. Looks at OLDEST_WALK
+-- index entries at most, from scan_from; the held tasks it passes at the
+-- front move scan_from on (as in _pick), so the next call, or take, starts
+-- after them. If all it looked at are held, their last one stands in: the
+-- next free task of the same priority was put after it, so the age is an
+-- upper bound, and exact again once scan_from has moved past the held run.
+function Tube:_oldest_ready_created()
     local from = self.scan_from
-    for _, t in index:pairs(from and {READY, from[1], from[2]} or {READY}, {iterator = 'GE'}) do
+    local key = from and {READY, from[1], from[2]} or {READY}
+    local seen = 0
+    for _, t in self.space.index.status:pairs(key, {iterator = 'GE'}) do
         if t[F_STATUS] ~= READY then
-            break
+            return nil
         end
         if self.owners[t[F_ID]] == nil then
-            oldest = t[F_CREATED]
-            break
+            return t[F_CREATED]
+        end
+        self.scan_from = {t[F_PRI], t[F_ID] + 1}
+        seen = seen + 1
+        if seen >= OLDEST_WALK then
+            return t[F_CREATED]
         end
     end
+    return nil
+end
+
+-- Bounded work whatever the depth of the tube: the counts are kept (see
+-- _count), space:len() is O(1), and the oldest ready task is looked for
+-- over OLDEST_WALK entries at most.
+function Tube:statistics()
+    local counts = self.counts
+    local oldest = self:_oldest_ready_created()
     local tasks = {
-        ready = index:count({READY}) - self.taken,
+        ready = (counts[READY] or 0) - self.taken,
         taken = self.taken,
-        buried = index:count({BURIED}),
-        delayed = index:count({DELAYED}),
+        buried = counts[BURIED] or 0,
+        delayed = counts[DELAYED] or 0,
         done = self.done,
         total = self.space:len(),
         -- Seconds the next ready task has waited (0 when none waits).
@@ -665,6 +813,7 @@ function Tube:_watch_once()
     if woke then
         self.takers:broadcast()
     end
+    self:_check_counts()
     return earliest
 end
 

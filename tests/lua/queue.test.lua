@@ -10,7 +10,7 @@ queue = require('queue')
 queue.start()
 
 local test = tap.test('queue')
-test:plan(19)
+test:plan(25)
 
 local function fresh(kind, opts)
     local name = 't' .. tostring(math.random(1, 1e9))
@@ -19,6 +19,26 @@ end
 
 local function status_of(tube, id)
     return tube:peek(id)[2]
+end
+
+-- The counts statistics reports, and the same counted on the index.
+local function kept_counts(tube)
+    local s = tube:statistics().tasks
+    return {ready = s.ready, taken = s.taken, delayed = s.delayed, buried = s.buried, total = s.total}
+end
+
+local function real_counts(tube)
+    local index = tube.space.index.status
+    local taken = 0
+    for _ in pairs(tube.owners) do
+        taken = taken + 1
+    end
+    return {ready = index:count({'r'}) - taken, taken = taken, delayed = index:count({'~'}),
+            buried = index:count({'!'}), total = tube.space:len()}
+end
+
+local function exact(t, tube, what)
+    t:is_deeply(kept_counts(tube), real_counts(tube), what)
 end
 
 -- Wait (briefly) until cond() holds; the queue's watcher runs in its own fiber.
@@ -307,6 +327,33 @@ test:test('bad input gets a clear error', function(t)
     t:like(err(queue.create_tube, 'ok_name', 'lifo'), "unknown tube type 'lifo'", 'bad tube type')
 end)
 
+test:test('the queue refuses with coded errors: a bad argument, a task not held', function(t)
+    t:plan(12)
+    local tube = fresh()
+    local function code(f, ...)
+        local ok, e = pcall(f, ...)
+        return not ok and type(e) == 'cdata' and e.code or 'no coded error'
+    end
+    t:is(code(tube.put, tube, 'x', {ttl = -1}), 10001, 'negative ttl')
+    t:is(code(tube.put, tube, 'x', 'not a map'), 10001, 'options not a map')
+    t:is(code(tube.put_many, tube, 'not an array'), 10001, 'put_many of a non-array')
+    t:is(code(tube.take_many, tube, 0, 0), 10001, 'bad count')
+    t:is(code(tube.touch, tube, 1, 0), 10001, 'touch by nothing')
+    t:is(code(tube.peek, tube, 424242), 10001, 'peek of a task that does not exist')
+    t:is(code(queue.create_tube, 'bad name!', 'fifottl'), 10001, 'bad tube name')
+    t:is(code(queue.statistics, 'no_such_tube'), 10001, 'statistics of no tube')
+    local task = tube:put('x')
+    t:is(code(tube.ack, tube, task[1]), 10010, 'ack of a task nobody took')
+    t:is(code(tube.release, tube, 424242), 10010, 'release of a task that does not exist')
+    tube:take(0)
+    queue.grant('tester')
+    local conn = helper.connect()
+    local ok, e = pcall(conn.call, conn, 'queue.tube.' .. tube.name .. ':ack', {task[1]})
+    conn:close()
+    t:is(not ok and e.code, 10010, "another session's task, over the network")
+    t:like(tostring(e), 'was not taken by this session', 'with the message as before')
+end)
+
 test:test('truncate and drop', function(t)
     t:plan(5)
     local tube = fresh()
@@ -329,6 +376,240 @@ test:test('create_tube: if_not_exists, and a tube survives a re-start of the mod
     t:is(queue.create_tube(tube.name, 'fifottl', {if_not_exists = true}), tube, 'same tube back')
     t:ok(not pcall(queue.create_tube, tube.name, 'fifottl'), 'duplicate name refused')
     t:ok(box.space.queue_tubes:get(tube.name) ~= nil, 'registered for the next start')
+end)
+
+test:test('counts stay exact through every change of state', function(t)
+    t:plan(26)
+    local tube = fresh()
+    tube:put('a')
+    local b = tube:put('b', {pri = 1})
+    tube:put('soon ready', {delay = 0.1})
+    local later = tube:put('later', {delay = 60})
+    exact(t, tube, 'put, ready and delayed')
+    local ids = tube:put_many({1, 2, 3, 4, 5})
+    exact(t, tube, 'put_many')
+    local a = tube:take(0)
+    local second = tube:take(0)
+    exact(t, tube, 'take: ready on disk, taken in memory')
+    tube:ack(a[1])
+    exact(t, tube, 'ack')
+    tube:release(second[1])
+    exact(t, tube, 'release')
+    second = tube:take(0)
+    tube:release(second[1], {delay = 60})
+    exact(t, tube, 'release with a delay')
+    local third = tube:take(0)
+    tube:release(third[1], {data = 'new data'})
+    exact(t, tube, 'release with new data')
+    tube:bury(tube:take(0)[1])
+    tube:bury(ids[5])
+    exact(t, tube, 'bury, taken and ready')
+    tube:kick(1)
+    exact(t, tube, 'kick')
+    tube:delete(ids[4])
+    tube:delete(tube:take(0)[1])
+    exact(t, tube, 'delete, ready and taken')
+    local touched = tube:take(0)
+    tube:touch(touched[1], 10)
+    exact(t, tube, 'touch')
+    tube:put('stale', {ttl = 0.1})
+    t:ok(eventually(function() return tube:statistics().calls.ttl == 1 end), 'a task expired')
+    exact(t, tube, 'ttl expiry')
+    t:ok(eventually(function() return tube.space:get(2).status == 'r' end), 'a delay ran out')
+    exact(t, tube, 'delayed to ready')
+    tube:put('slow worker', {ttr = 0.1})
+    local all = tube:take_many(100, 0)
+    exact(t, tube, 'every ready task taken')
+    t:ok(eventually(function() return tube:statistics().calls.ttr == 1 end), 'a ttr ran out')
+    exact(t, tube, 'ttr: back to ready')
+    tube:put_many({6, 7})
+    local many = tube:take_many(3, 0)
+    t:is(#many, 3, 'three more taken')
+    tube:ack_many({many[1][1], 424242})
+    tube:release_many({many[2][1], {many[3][1], {delay = 60}}})
+    exact(t, tube, 'ack_many and release_many')
+    local all_ids = {}
+    for i, task in ipairs(all) do
+        all_ids[i] = task[1]
+    end
+    tube:release_many(all_ids)
+    tube.space:update(later[1], {{'=', 2, '!'}})
+    tube.space:delete(b[1])
+    tube.space:replace(tube.space:get(2):update({{'=', 2, '~'}}))
+    exact(t, tube, 'edits from the console')
+    tube:take(0)
+    tube:truncate()
+    exact(t, tube, 'truncate')
+    t:is(tube:statistics().tasks.total, 0, 'and the tube is empty')
+    tube:put_many({1, 2, 3})
+    tube:take(0)
+    box.space[tube.name]:truncate()
+    exact(t, tube, 'truncate from the console, a task taken')
+    t:is(tube:statistics().tasks.taken, 0, 'and nothing is held any more')
+    tube:put('after', {delay = 60})
+    tube:put('after')
+    exact(t, tube, 'counting goes on after a truncate')
+end)
+
+test:test('a rolled-back transaction takes back what it counted', function(t)
+    t:plan(9)
+    local tube = fresh()
+    local other = fresh()
+    tube:put_many({1, 2, 3})
+    tube:put('later', {delay = 60})
+    local before = kept_counts(tube)
+    local ok = pcall(box.atomic, function()
+        tube:put('x')
+        tube:put('y', {delay = 60})
+        tube:put_many({4, 5, 6})
+        other:put('z')
+        error('boom')
+    end)
+    t:ok(not ok, 'the transaction failed')
+    t:is_deeply(kept_counts(tube), before, 'puts rolled back: counts as before')
+    exact(t, tube, 'and exact')
+    exact(t, other, 'the other tube of the same transaction too')
+    local taken = tube:take(0)
+    pcall(box.atomic, function()
+        tube:ack(taken[1])
+        tube:bury(tube:take(0)[1])
+        tube:kick(1)
+        tube:release(tube:take(0)[1], {delay = 60})
+        error('boom')
+    end)
+    exact(t, tube, 'ack, bury, kick and release rolled back')
+    box.begin()
+    tube:put('aborted by a yield')
+    fiber.sleep(0)
+    t:ok(not pcall(box.commit), 'a transaction that yielded fails')
+    exact(t, tube, 'and counts nothing')
+    t:is(tube.recounts, 1, 'none of it needed a recount')
+    t:is(next(tube.pending), nil, 'no transaction left pending')
+end)
+
+test:test('a disconnected session: its tasks counted ready again', function(t)
+    t:plan(3)
+    local tube = fresh()
+    tube:put_many({'a', 'b', 'c', 'd'})
+    queue.grant('tester')
+    local conn = helper.connect()
+    conn:call('queue.tube.' .. tube.name .. ':take_many', {3, 0})
+    exact(t, tube, 'three taken by the client')
+    conn:close()
+    t:ok(eventually(function() return tube:statistics().tasks.taken == 0 end), 'returned on disconnect')
+    exact(t, tube, 'counts exact')
+end)
+
+test:test('a change no trigger sees is found and counted again', function(t)
+    t:plan(4)
+    local tube = fresh()
+    tube:put_many({1, 2})
+    -- A rollback to a savepoint undoes a write without a rollback trigger.
+    box.begin()
+    local savepoint = box.savepoint()
+    tube:put('ghost')
+    box.rollback_to_savepoint(savepoint)
+    box.commit()
+    t:ok(tube:statistics().tasks.ready == 3 or tube.recounts == 2, 'the counts are off by the ghost')
+    t:ok(eventually(function() return tube.recounts == 2 end), 'until the watcher counts again')
+    exact(t, tube, 'exact again')
+    t:is(tube:statistics().tasks.ready, 2, 'two ready')
+end)
+
+-- Counts index reads of a space: calls to count, and tuples read through
+-- pairs, select, get, min and max of any of its indexes. The indexes are
+-- real; the counting wraps them and unwrap() takes it off.
+local function reads_of(space)
+    local seen = {count = 0, tuples = 0}
+    local wrapped = {}
+    for _, index in pairs(space.index) do
+        if type(index) == 'table' and wrapped[index] == nil then
+            wrapped[index] = true
+            local real = getmetatable(index).__index
+            index.count = function(...)
+                seen.count = seen.count + 1
+                return real.count(...)
+            end
+            index.pairs = function(...)
+                local gen, param, state = real.pairs(...)
+                return function(p, s)
+                    local next_state, tuple = gen(p, s)
+                    if next_state ~= nil then
+                        seen.tuples = seen.tuples + 1
+                    end
+                    return next_state, tuple
+                end, param, state
+            end
+            for _, one in ipairs({'get', 'min', 'max'}) do
+                index[one] = function(...)
+                    local tuple = real[one](...)
+                    seen.tuples = seen.tuples + (tuple ~= nil and 1 or 0)
+                    return tuple
+                end
+            end
+            index.select = function(...)
+                local tuples = real.select(...)
+                seen.tuples = seen.tuples + #tuples
+                return tuples
+            end
+        end
+    end
+    function seen.unwrap()
+        for index in pairs(wrapped) do
+            for _, one in ipairs({'count', 'pairs', 'get', 'min', 'max', 'select'}) do
+                index[one] = nil
+            end
+        end
+    end
+    return seen
+end
+
+test:test('statistics reads a bounded number of tuples whatever the depth', function(t)
+    t:plan(10)
+    local function reads(tube)
+        local seen = reads_of(tube.space)
+        tube:statistics()
+        queue.statistics(tube.name)
+        seen.unwrap()
+        return seen
+    end
+    local shallow = fresh()
+    shallow:put_many({1, 2, 3, 4, 5, 6, 7, 8, 9, 10})
+    local deep = fresh()
+    local batch = {}
+    for i = 1, 10000 do
+        batch[i] = i
+    end
+    for _ = 1, 10 do
+        deep:put_many(batch)
+        deep:put_many(batch, {delay = 60})
+    end
+    deep:bury(deep:put('one buried')[1])
+    local held = deep:take_many(5000, 0)
+    t:is(#held, 5000, '200,001 tasks, 5,000 held')
+    local control = reads_of(shallow.space)
+    shallow.space.index.status:count({'r'})
+    for _ in shallow.space.index.status:pairs({'r'}) do
+    end
+    control.unwrap()
+    t:is_deeply({control.count, control.tuples}, {1, 10}, 'the counting sees what is read')
+    local s = reads(shallow)
+    t:is(s.count, 0, '10 tasks: no index count')
+    t:ok(s.tuples <= 2, '10 tasks: one tuple read per call')
+    -- The worst case: the take cursor lost (as after a rollback), so the
+    -- ready tasks at the front are all held.
+    deep.scan_from = nil
+    s = reads(deep)
+    t:is(s.count, 0, '200,001 tasks: no index count')
+    t:ok(s.tuples <= 200, '200,001 tasks, cursor lost: at most 100 tuples a call (' .. s.tuples .. ' in two calls)')
+    for _ = 1, 50 do
+        deep:statistics()
+    end
+    s = reads(deep)
+    t:ok(s.tuples <= 2, 'the cursor moved past the held tasks: one tuple a call again')
+    t:is(deep:take(0)[1], held[5000][1] + 1, 'and takes still start at the first free task')
+    exact(t, deep, 'counts exact at depth')
+    t:is(deep.recounts, 1, 'counted by walking only when the tube opened')
 end)
 
 helper.finish(test)
