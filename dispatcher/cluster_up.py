@@ -27,6 +27,10 @@ from dispatcher.config import (
 )
 from dispatcher.errors import DispatcherError
 from dispatcher.fakes.gateways import FakeGateways
+from dispatcher.files import open_private, private_dir, write_private
+from dispatcher.service import seed_demo_devices
+from dispatcher.store import Store
+from dispatcher.subscribers import Subscribers
 
 UP_MARK = " is up"
 
@@ -61,7 +65,7 @@ def cluster_settings(directory: Path, count: int, tarantool_base: int, http_base
                               replicator_password=replicator).model_dump(exclude_defaults=True),
             tarantool=TarantoolSettings(password=password).model_dump(exclude_defaults=True),
             api=ApiSettings(keys=[key]).model_dump(exclude_defaults=True),
-            # Devices replicate: one node seeds them for all.
+            # Devices replicate: one node's count is all of them (cluster_up seeds them).
             dispatch={"demo_devices": demo_devices if i == 0 else 0},
             apns=fakes.credentials.apns_settings(fakes.ports["apns"]).model_dump(exclude_defaults=True),
             fcm=fakes.credentials.fcm_settings(fakes.ports["fcm"]).model_dump(exclude_defaults=True),
@@ -79,13 +83,14 @@ class NodeProcess:
         self.settings = settings
         self.config = directory / f"{settings.node.name}.toml"
         self.log = directory / f"{settings.node.name}.log"
-        self.config.write_text(to_toml(settings))
+        # Secrets in clear (passwords, API keys): the owner's alone.
+        write_private(self.config, to_toml(settings))
         self.proc: asyncio.subprocess.Process | None = None
         self._log_from = 0
 
     async def start(self) -> None:
         self._log_from = self.log.stat().st_size if self.log.exists() else 0
-        with self.log.open("ab") as out:
+        with open_private(self.log, append=True) as out:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "dispatcher", "--config", str(self.config), "run",
                 stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL)
@@ -117,9 +122,21 @@ class NodeProcess:
             await self.proc.wait()
 
 
+async def _seed(settings: Settings) -> int:
+    """Demo devices, through one node: they replicate to the others. (The
+    nodes are no demo nodes: they send to the fakes as to real gateways.)"""
+    store = Store(settings.tarantool)
+    await store.connect()
+    try:
+        return await seed_demo_devices(Subscribers(store), settings.dispatch.demo_devices)
+    finally:
+        await store.close()
+
+
 async def cluster_up(count: int, directory: Path, tarantool_base: int, http_base: int, demo_devices: int,
                      stop: asyncio.Event) -> None:
-    fakes = FakeGateways(directory / "fakes")  # creates the directory
+    private_dir(directory)
+    fakes = FakeGateways(directory / "fakes")
     await fakes.start()
     procs: list[NodeProcess] = []
     try:
@@ -129,8 +146,9 @@ async def cluster_up(count: int, directory: Path, tarantool_base: int, http_base
             await proc.start()
         # A new cluster's nodes wait for each other, so they start together.
         await asyncio.gather(*(p.wait_up() for p in procs))
+        seeded = await _seed(nodes[0])
         key = nodes[0].api.keys[0].key.get_secret_value() if nodes[0].api.keys else ""
-        lines = [f"cluster is up: {count} nodes"]
+        lines = [f"cluster is up: {count} nodes, {seeded} demo devices registered (app 'news')"]
         for p in procs:
             s = p.settings
             lines.append(f"  {s.node.name}: API http://{s.api.host}:{s.api.port}, Tarantool {s.tarantool.address}, "

@@ -1,8 +1,10 @@
 """The dispatcher's one connection to its node's Tarantool.
 
 Every call goes through :meth:`Store.call`, which turns asynctnt's errors into
-the dispatcher's (see errors.py). asynctnt reconnects by itself after a
-drop; calls made meanwhile fail fast with :class:`NodeUnavailable`.
+the dispatcher's (see errors.py) by the error's code: ours (lua/node/errors.lua)
+are refusals meant for the client, Tarantool's own are failures of the node.
+asynctnt reconnects by itself after a drop; calls made meanwhile fail fast
+with :class:`NodeUnavailable`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from asynctnt.exceptions import (
 )
 
 from dispatcher.config import TarantoolSettings
-from dispatcher.errors import NodeMisconfigured, NodeUnavailable, StoreRejected
+from dispatcher.errors import NodeMisconfigured, NodeUnavailable, StoreFailed, StoreRejected
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,26 @@ SCHEMA_VERSION = 4
 
 _AUTH_ERRORS = {ErrorCode.ER_PASSWORD_MISMATCH, ErrorCode.ER_NO_SUCH_USER}
 _APP_MISSING = {ErrorCode.ER_NO_SUCH_PROC, ErrorCode.ER_ACCESS_DENIED}
+# Our codes (lua/node/errors.lua, lua/queue/state.lua): the request's fault.
+_OUR_CODES = range(10000, 10100)
+# Tarantool's codes for conditions that pass by themselves: the same call
+# may succeed later. Any other code of Tarantool's (a Lua error in a stored
+# function, a duplicate key, a bad field type) is a bug: retrying repeats it.
+_PASSING = {
+    ErrorCode.ER_MEMORY_ISSUE,  # memtx_memory full (until tasks are acked, rows removed)
+    ErrorCode.ER_READONLY,  # box.cfg read_only, an orphan waiting for its peers
+    ErrorCode.ER_NONMASTER,
+    ErrorCode.ER_LOADING,  # still recovering or bootstrapping
+    ErrorCode.ER_BOOTSTRAP_READONLY,
+    ErrorCode.ER_WAL_IO,  # the disk failed a write (full, gone)
+    ErrorCode.ER_CASCADE_ROLLBACK,  # rolled back with an earlier transaction whose WAL write failed
+    ErrorCode.ER_TIMEOUT,
+    ErrorCode.ER_TRANSACTION_CONFLICT,
+    ErrorCode.ER_SYNC_QUORUM_TIMEOUT,
+    ErrorCode.ER_SYNC_ROLLBACK,
+}
+# Tarantool's message goes to the log only; some quote whole tuples.
+_MESSAGE_CHARS = 500
 
 
 class Store:
@@ -113,12 +135,17 @@ class Store:
         try:
             response = await self._conn.call(function, args)
         except TarantoolDatabaseError as e:
+            if e.code in _OUR_CODES:
+                raise StoreRejected(e.message, e.code) from None
             if e.code in _APP_MISSING:
                 raise NodeMisconfigured(f"Tarantool at {self.address}: {e.message}") from None
-            raise StoreRejected(e.message) from None
+            # Tarantool's message, never the call's arguments (tokens, messages).
+            raise StoreFailed(f"{function} on Tarantool at {self.address} failed: {e.message[:_MESSAGE_CHARS]}",
+                              e.code, retryable=e.code in _PASSING) from None
         except (TarantoolNetworkError, ConnectionError, TimeoutError) as e:
             raise NodeUnavailable(f"Tarantool at {self.address}: {e or type(e).__name__}") from None
         except TarantoolError as e:
             raise NodeUnavailable(f"Tarantool at {self.address}: {e}") from None
         body: list[Any] = response.body
         return body
+

@@ -1,7 +1,8 @@
 """Starts and stops the node's own Tarantool (``tarantool lua/init.lua``).
 
 Used by ``dispatcher run`` on embedded defaults and by the tests, so that both
-start Tarantool the same way. Tarantool's log goes to ``<data_dir>/tarantool.log``.
+start Tarantool the same way. Tarantool's log goes to ``<data_dir>/tarantool.log``;
+the data directory and everything in it are readable by their owner only.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from dispatcher.config import Settings
 from dispatcher.errors import ConfigError, NodeUnavailable
+from dispatcher.files import open_private, private_dir
 
 _READY_MARK = b" ready: listening on "
 _LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:")
@@ -35,7 +37,8 @@ def node_environment(settings: Settings) -> dict[str, str]:
     node, tnt = settings.node, settings.tarantool
     env = {
         "NODE_NAME": node.name,
-        "NODE_LISTEN": tnt.address,
+        # An IPv6 host in brackets, as Tarantool's URIs take it.
+        "NODE_LISTEN": f"[{tnt.host}]:{tnt.port}" if ":" in tnt.host else tnt.address,
         "NODE_DATA_DIR": str(node.data_dir.resolve()),
         "NODE_MEMTX_MEMORY_MB": str(node.memtx_memory_mb),
         "NODE_DISPATCHER_PASSWORD": tnt.password.get_secret_value(),
@@ -68,11 +71,12 @@ class TarantoolProcess:
         raises with the end of Tarantool's log if it exits or stalls first.
         ``wait=False`` returns at once (nodes of a new cluster start together:
         each waits for the others); then call :meth:`wait_ready`."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # Tarantool makes both private itself (lua/init.lua); we get there first.
+        private_dir(self.log_path.parent)
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         env = {**os.environ, **node_environment(self.settings)}
         binary = self.settings.node.tarantool_bin
-        with self.log_path.open("ab") as log:
+        with open_private(self.log_path, append=True) as log:
             try:
                 self._proc = subprocess.Popen(
                     [binary, str(lua_dir() / "init.lua")],

@@ -26,9 +26,21 @@ local fanout = require('node.fanout')
 -- Global, as tarantool/queue: clients call `queue.tube.<name>:<method>`.
 queue = require('queue')
 
+-- The data directory holds every device token, the WAL and the admin
+-- console: its owner's alone, whoever started Tarantool (a dispatcher, a
+-- systemd unit) and with whatever umask. Everything Tarantool creates from
+-- here on (snapshots, xlogs, its log, the console's socket) is 0600.
+fio.umask(tonumber('077', 8))
 if not fio.path.is_dir(cfg.data_dir) and not fio.mktree(cfg.data_dir) then
     io.stderr:write(string.format('node: cannot create data_dir %s\n', cfg.data_dir))
     os.exit(2)
+end
+-- Also what an older release (or a looser umask) left there.
+local PRIVATE_DIR, PRIVATE_FILE = tonumber('700', 8), tonumber('600', 8)
+fio.chmod(cfg.data_dir, PRIVATE_DIR)
+for _, name in ipairs(fio.listdir(cfg.data_dir) or {}) do
+    local path = fio.pathjoin(cfg.data_dir, name)
+    fio.chmod(path, fio.path.is_dir(path) and PRIVATE_DIR or PRIVATE_FILE)
 end
 
 local function replication_uris()
@@ -62,8 +74,11 @@ end
 -- Triggers of the replicated spaces go in before box.cfg loads any row.
 versioned.watch(schema.VERSIONED)
 
+-- A node without peers listens only once its grants are in place (an
+-- older release's data may still let `guest` in); a node with peers must
+-- listen at once, for they bootstrap and join through it.
 box.cfg({
-    listen = cfg.listen,
+    listen = replication ~= nil and cfg.listen or nil,
     memtx_dir = cfg.data_dir,
     wal_dir = cfg.data_dir,
     vinyl_dir = cfg.data_dir,
@@ -142,8 +157,14 @@ if schema_owner and not box.info.ro then
     access.apply(cfg, names)
 end
 
+if box.cfg.listen == nil then
+    box.cfg({listen = cfg.listen})
+end
+
 -- Operators get an admin console on a unix socket in the data directory.
-console.listen('unix/:' .. fio.abspath(fio.pathjoin(cfg.data_dir, 'admin.sock')))
+local admin_sock = fio.abspath(fio.pathjoin(cfg.data_dir, 'admin.sock'))
+console.listen('unix/:' .. admin_sock)
+fio.chmod(admin_sock, PRIVATE_FILE)
 
 log.info('node %s ready: listening on %s, data in %s, schema version %d',
          cfg.name, cfg.listen, cfg.data_dir, schema.version())

@@ -1,4 +1,6 @@
-"""Clear errors for a node that is down or misconfigured."""
+"""Clear errors for a node that is down or misconfigured, and a stored
+function's errors told apart by code: a refusal of ours (the client's
+fault), a condition that passes (retry), a bug (do not)."""
 
 from __future__ import annotations
 
@@ -7,12 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from asynctnt.exceptions import ErrorCode
 from pydantic import SecretStr
 
 from dispatcher.config import Settings, TarantoolSettings
-from dispatcher.errors import ConfigError, NodeMisconfigured, NodeUnavailable
+from dispatcher.errors import ConfigError, NodeMisconfigured, NodeUnavailable, StoreFailed, StoreRejected
 from dispatcher.store import Store
 from dispatcher.tarantool_process import TarantoolProcess
+from tests.admin import console
 from tests.conftest import free_port, node_settings
 
 
@@ -74,3 +78,46 @@ def test_missing_tarantool_binary(tmp_path: Path) -> None:
     settings.node.tarantool_bin = "/nonexistent/tarantool"
     with pytest.raises(ConfigError, match="node.tarantool_bin: '/nonexistent/tarantool' not found"):
         TarantoolProcess(settings).start()
+
+
+# --- a stored function's error, by its code ---
+
+async def test_a_bad_argument_is_rejected_with_our_code_naming_the_field(store: Store) -> None:
+    with pytest.raises(StoreRejected, match=r"topics\[2\] must be a non-empty string") as e:
+        await store.call("node.subscriber_put", ("tok", "u1", "ios", "news", ["sport", 7]))
+    assert e.value.code == 10001
+    with pytest.raises(StoreRejected, match="no broadcast b_missing") as e:
+        await store.call("node.broadcast_set_state", ("b_missing", "cancelled"))
+    assert e.value.code == 10004
+
+
+async def test_a_read_only_node_fails_retryably(settings: Settings, store: Store) -> None:
+    console(settings.node.data_dir, "box.cfg{read_only = true}")
+    try:
+        with pytest.raises(StoreFailed) as e:
+            await store.call("node.subscriber_put", ("tok", "u1", "ios", "news"))
+        assert e.value.retryable and e.value.code == ErrorCode.ER_READONLY
+    finally:
+        console(settings.node.data_dir, "box.cfg{read_only = false}")
+    await store.call("node.subscriber_put", ("tok", "u1", "ios", "news"))
+
+
+async def test_out_of_memory_fails_retryably(settings: Settings, store: Store) -> None:
+    # memtx_memory_mb is 64 in these tests: fill it with fat registrations.
+    topics = [f"topic-{i:03d}-" + "x" * 50 for i in range(100)]  # ~6 KB a device
+    with pytest.raises(StoreFailed) as e:
+        for batch in range(100):
+            regs = [[f"tok-{batch}-{i}", f"user-{i}", "ios", "news", topics] for i in range(500)]
+            await store.call("node.subscriber_put_many", (regs,))
+    assert e.value.retryable and e.value.code == ErrorCode.ER_MEMORY_ISSUE
+    assert "tok-" not in str(e.value), "the call's arguments stay out of the message"
+    # It passes: memory freed, the same kind of call goes through.
+    console(settings.node.data_dir, "box.space.subscriber:truncate()")
+    await store.call("node.subscriber_put", ("tok", "u1", "ios", "news"))
+
+
+async def test_a_lua_error_in_a_stored_function_fails_for_good(store: Store) -> None:
+    # A wrong type that no check of ours stops: Lua fails deep inside.
+    with pytest.raises(StoreFailed, match="node.progress_many on Tarantool at .* failed: .*ipairs") as e:
+        await store.call("node.progress_many", (5,))
+    assert not e.value.retryable and e.value.code == ErrorCode.ER_PROC_LUA

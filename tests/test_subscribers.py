@@ -24,10 +24,18 @@ async def test_register_update_read_remove(subscribers: Subscribers) -> None:
 
 
 async def test_invalid_registration_is_refused(subscribers: Subscribers) -> None:
-    with pytest.raises(StoreRejected, match="platform must be 'ios' or 'android'"):
-        await subscribers.put(Registration("tok", "u", "blackberry", "news"))  # type: ignore[arg-type]
-    with pytest.raises(StoreRejected, match="token must be a non-empty string"):
-        await subscribers.put(Registration("", "u", "ios", "news"))
+    """Refused with our code for a bad argument (10001) and a message that
+    names the field, for the client."""
+    cases = [
+        (Registration("tok", "u", "blackberry", "news"), "platform must be 'ios' or 'android', got \"blackberry\""),  # type: ignore[arg-type]
+        (Registration("", "u", "ios", "news"), 'token must be a non-empty string, got ""'),
+        (Registration("tok", "", "ios", "news"), 'user_id must be a non-empty string, got ""'),
+        (Registration("tok", "u", "ios", "news", ("sport", "")), 'topics[2] must be a non-empty string, got ""'),
+    ]
+    for registration, problem in cases:
+        with pytest.raises(StoreRejected) as e:
+            await subscribers.put(registration)
+        assert e.value.code == 10001 and str(e.value) == "subscriber: " + problem
 
 
 async def pages(subscribers: Subscribers, audience: Audience, batch: int,

@@ -1,7 +1,8 @@
 """Key material for the fakes: a CA and a server certificate, an APNs signing
 key (.p8) with its key id and team id, and an FCM service-account file whose
 token_uri points at the fake OAuth endpoint. Written into one directory so
-that a sender can be configured from the paths alone."""
+that a sender can be configured from the paths alone. Private keys are keys,
+fake or not: the directory and every file are their owner's alone."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from dispatcher.config import ApnsSettings, FcmSettings
+from dispatcher.files import private_dir, write_private
 
 _ID_CHARS = string.ascii_uppercase + string.digits
 
@@ -71,7 +73,7 @@ class FakeCredentials:
         once that server listens)."""
         account = self.fcm_service_account()
         account["token_uri"] = token_uri
-        self.fcm_service_account_path.write_text(json.dumps(account, indent=2))
+        write_private(self.fcm_service_account_path, json.dumps(account, indent=2))
 
     def fcm_public_key(self) -> rsa.RSAPublicKey:
         pem = self.fcm_service_account()["private_key"].encode()
@@ -82,20 +84,21 @@ class FakeCredentials:
 
 def make_credentials(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> FakeCredentials:
     """Creates fresh key material under ``directory`` (made if missing)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)
     ca = trustme.CA()
     ca_path = directory / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_path))
+    write_private(ca_path, ca.cert_pem.bytes())
     server = ca.issue_cert(*hosts)
     server_cert_path = directory / "server.pem"
-    server.private_key_and_cert_chain_pem.write_to_path(str(server_cert_path))
+    write_private(server_cert_path, server.private_key_and_cert_chain_pem.bytes())
     client_cert_path = directory / "apns-client.pem"
-    ca.issue_cert("com.example.news").private_key_and_cert_chain_pem.write_to_path(str(client_cert_path))
+    write_private(client_cert_path, ca.issue_cert("com.example.news").private_key_and_cert_chain_pem.bytes())
 
     apns_key = ec.generate_private_key(ec.SECP256R1())
     key_id, team_id = _ten_chars(), _ten_chars()
     apns_key_path = directory / f"AuthKey_{key_id}.p8"
-    apns_key_path.write_bytes(
+    write_private(
+        apns_key_path,
         apns_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                serialization.NoEncryption())
     )
@@ -113,6 +116,6 @@ def make_credentials(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "lo
         "token_uri": "https://oauth2.googleapis.com/token",
     }
     account_path = directory / "fcm-service-account.json"
-    account_path.write_text(json.dumps(account, indent=2))
+    write_private(account_path, json.dumps(account, indent=2))
     return FakeCredentials(directory, ca_path, server_cert_path, client_cert_path, apns_key_path, key_id, team_id,
                            account_path, project_id)

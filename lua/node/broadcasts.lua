@@ -5,6 +5,7 @@
 -- version rule keeps one row. Progress is one row per (broadcast, node):
 -- each node writes only its own, so replication never conflicts, and
 -- readers sum the rows.
+local errors = require('node.errors')
 local schema = require('node.schema')
 local versioned = require('node.versioned')
 
@@ -18,8 +19,15 @@ local atomic = require('queue.state').atomic
 
 local M = {node_name = 'node1'}
 
-local function fail(fmt, ...)
-    error(string.format('broadcast: ' .. fmt, ...), 0)
+local function fail(code, fmt, ...)
+    errors.raise(code, 'broadcast: ' .. fmt, ...)
+end
+
+local function check_state(state)
+    if not STATES[state] then
+        fail(errors.INVALID, 'state must be scheduled, running, done or cancelled, got %s',
+             errors.shown(state))
+    end
 end
 
 -- Creates the broadcast unless one with this id exists, and in the same
@@ -28,10 +36,14 @@ end
 -- Returns the row and whether it was created now.
 function M.create(id, idempotency_key, state, spec, first_task)
     if type(id) ~= 'string' or id == '' then
-        fail('id must be a non-empty string')
+        fail(errors.INVALID, 'id must be a non-empty string')
     end
-    if not STATES[state] then
-        fail('unknown state %s', tostring(state))
+    if type(idempotency_key) ~= 'string' then
+        fail(errors.INVALID, 'idempotency_key must be a string')
+    end
+    check_state(state)
+    if spec ~= nil and type(spec) ~= 'table' then
+        fail(errors.INVALID, 'spec must be a map')
     end
     local old = box.space.broadcast:get(id)
     if old ~= nil then
@@ -55,6 +67,12 @@ end
 
 -- Newest first, up to `limit`, created strictly before `before` (epoch s).
 function M.list(limit, before)
+    if type(limit) ~= 'number' or limit < 1 then
+        fail(errors.INVALID, 'limit must be a positive number')
+    end
+    if before ~= nil and type(before) ~= 'number' then
+        fail(errors.INVALID, 'before must be a number of seconds since the epoch')
+    end
     local key, iterator = {}, 'REQ'
     if before ~= nil then
         key, iterator = {before}, 'LT'
@@ -65,12 +83,13 @@ end
 -- Moves the broadcast to `state` unless it is already done or cancelled.
 -- Returns the row as it is after the call.
 function M.set_state(id, state)
-    if not STATES[state] then
-        fail('unknown state %s', tostring(state))
+    check_state(state)
+    if type(id) ~= 'string' then
+        fail(errors.INVALID, 'id must be a string')
     end
     local old = box.space.broadcast:get(id)
     if old == nil then
-        fail('no broadcast %s', tostring(id))
+        fail(errors.NOT_FOUND, 'no broadcast %s', id)
     end
     if old[B.state] == 'cancelled' or (old[B.state] == 'done' and state ~= 'cancelled') then
         return old

@@ -6,6 +6,11 @@ local fio = require('fio')
 
 local M = {}
 
+-- DEV_PASSWORD and MIN_SECRET_CHARS in dispatcher/config.py: the built-in
+-- development password is refused unless the node listens on loopback only.
+M.DEV_PASSWORD = 'dispatcher-dev-password'
+M.MIN_SECRET_CHARS = 12
+
 -- name -> {default, kind, environment variable}
 local SETTINGS = {
     name = {'node1', 'name', 'NODE_NAME'},
@@ -23,9 +28,25 @@ local SETTINGS = {
     log = {nil, 'optional_string', 'NODE_LOG'},
 }
 
+local function is_secret(key)
+    local kind = SETTINGS[key] and SETTINGS[key][2]
+    return kind == 'secret' or kind == 'optional_secret'
+end
+
+-- A secret's value is never part of the message: the message goes to the
+-- terminal and to the log.
 local function invalid(key, source, value, why)
-    error(string.format('invalid setting %s (from %s): %s, got %q', key, source, why,
-                        tostring(value)), 0)
+    local got = is_secret(key) and '' or string.format(', got %q', tostring(value))
+    error(string.format('invalid setting %s (from %s): %s%s', key, source, why, got), 0)
+end
+
+-- host:port, the host an IPv6 address in brackets or a name or IPv4 address.
+local function host_of(address)
+    return address:match('^%[([%x:]+)%]:%d+$') or address:match('^([^:]+):%d+$')
+end
+
+local function is_loopback(host)
+    return host == 'localhost' or host == '::1' or host:match('^127%.%d+%.%d+%.%d+$') ~= nil
 end
 
 local function split(value)
@@ -41,11 +62,11 @@ local CHECKS = {
         'must be letters, digits, ".", "_" or "-"' end,
     string = function(v) return type(v) == 'string' and v ~= '' and v, 'must be a non-empty string' end,
     optional_string = function(v) return type(v) == 'string' and v, 'must be a string' end,
-    secret = function(v) return type(v) == 'string' and #v >= 8 and v,
-        'must be set, at least 8 characters' end,
-    optional_secret = function(v) return type(v) == 'string' and #v >= 8 and v,
-        'must be at least 8 characters' end,
-    address = function(v) return type(v) == 'string' and v:match('^[^:]+:%d+$') and v,
+    secret = function(v) return type(v) == 'string' and #v >= M.MIN_SECRET_CHARS and v,
+        string.format('must be set, at least %d characters', M.MIN_SECRET_CHARS) end,
+    optional_secret = function(v) return type(v) == 'string' and #v >= M.MIN_SECRET_CHARS and v,
+        string.format('must be at least %d characters', M.MIN_SECRET_CHARS) end,
+    address = function(v) return type(v) == 'string' and host_of(v) ~= nil and v,
         'must be host:port' end,
     positive = function(v) v = tonumber(v) return v and v > 0 and math.floor(v) == v and v,
         'must be a positive integer' end,
@@ -55,7 +76,7 @@ local CHECKS = {
         if type(v) == 'string' then v = split(v) end
         if type(v) ~= 'table' then return false, 'must be a list of host:port' end
         for _, a in ipairs(v) do
-            if type(a) ~= 'string' or not a:match('^[^:]+:%d+$') then
+            if type(a) ~= 'string' or host_of(a) == nil then
                 return false, 'must be a list of host:port'
             end
         end
@@ -83,8 +104,12 @@ local function read_file(path)
     local text = f:read()
     f:close()
     local ok, doc = pcall(json.decode, text)
-    if not ok or type(doc) ~= 'table' then
-        error(string.format('NODE_CONFIG %s is not a JSON object: %s', path, tostring(doc)), 0)
+    if not ok then
+        error(string.format('NODE_CONFIG %s is not JSON: %s', path, tostring(doc)), 0)
+    end
+    if type(doc) ~= 'table' then
+        -- Not its value: the file holds secrets.
+        error(string.format('NODE_CONFIG %s is not a JSON object', path), 0)
     end
     return doc
 end
@@ -93,24 +118,31 @@ end
 -- `env` defaults to the process environment.
 function M.load(env)
     env = env or os.environ()
-    local cfg = {}
+    local cfg, sources = {}, {}
     for key, spec in pairs(SETTINGS) do
-        cfg[key] = spec[1]
+        cfg[key], sources[key] = spec[1], 'the defaults'
     end
     if env.NODE_CONFIG then
         for key, value in pairs(read_file(env.NODE_CONFIG)) do
-            cfg[key] = check(key, env.NODE_CONFIG, value)
+            cfg[key], sources[key] = check(key, env.NODE_CONFIG, value), env.NODE_CONFIG
         end
     end
     for key, spec in pairs(SETTINGS) do
         local value = env[spec[3]]
         if value ~= nil then
-            cfg[key] = check(key, spec[3], value)
+            cfg[key], sources[key] = check(key, spec[3], value), spec[3]
         end
     end
     for key, spec in pairs(SETTINGS) do
         if cfg[key] == nil and spec[2] == 'secret' then
-            invalid(key, spec[3], nil, 'must be set, at least 8 characters')
+            invalid(key, spec[3], nil, string.format('must be set, at least %d characters', M.MIN_SECRET_CHARS))
+        end
+        -- Anyone who reaches a port beyond loopback could try the password
+        -- everyone knows.
+        if is_secret(key) and cfg[key] == M.DEV_PASSWORD and not is_loopback(host_of(cfg.listen)) then
+            invalid(key, sources[key], nil, string.format(
+                'the built-in development password is only allowed when listen (%s) is a loopback '
+                .. 'address; set a password of your own', cfg.listen))
         end
     end
     return cfg

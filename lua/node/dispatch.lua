@@ -1,6 +1,7 @@
 -- The dispatcher's bookkeeping steps, each one transaction, so a dispatcher
 -- killed at any moment leaves the queue and the progress counters agreeing.
 local broadcasts = require('node.broadcasts')
+local errors = require('node.errors')
 local dead_letters = require('node.dead_letters')
 local atomic = require('queue.state').atomic
 
@@ -9,7 +10,7 @@ local M = {}
 local function tube_named(name)
     local tube = queue.tube[name]
     if tube == nil then
-        error(string.format('dispatch: no tube %s', tostring(name)), 0)
+        errors.raise(errors.INVALID, 'dispatch: tube must be the name of a tube, got %s', errors.shown(name))
     end
     return tube
 end
@@ -19,6 +20,11 @@ end
 -- the progress deltas, all or nothing. Returns the ids it did not hold.
 function M.settle(tube_name, acks, releases, buries, progress)
     local tube = tube_named(tube_name)
+    for field, value in pairs({acks = acks, releases = releases, buries = buries, progress = progress}) do
+        if type(value) ~= 'table' then
+            errors.raise(errors.INVALID, 'dispatch: %s must be a table, got %s', field, type(value))
+        end
+    end
     local skipped = {}
     atomic(function()
         local _, not_acked = tube:ack_many(acks)

@@ -3,6 +3,7 @@
 -- Rows are never deleted by a client: removal writes a newer version
 -- marked deleted (a tombstone), so a removal and a concurrent update on
 -- another node resolve by version like any other pair of writes.
+local errors = require('node.errors')
 local schema = require('node.schema')
 local versioned = require('node.versioned')
 
@@ -21,13 +22,20 @@ local atomic = require('queue.state').atomic
 
 local M = {node_name = 'node1'}
 
-local function fail(fmt, ...)
-    error(string.format('subscriber: ' .. fmt, ...), 0)
+-- A bad argument: the message names the field, for the client.
+local function invalid(fmt, ...)
+    errors.raise(errors.INVALID, 'subscriber: ' .. fmt, ...)
 end
 
 local function check_string(value, field)
     if type(value) ~= 'string' or value == '' then
-        fail('%s must be a non-empty string, got %s', field, tostring(value))
+        invalid('%s must be a non-empty string, got %s', field, errors.shown(value))
+    end
+end
+
+local function check_optional_string(value, field)
+    if value ~= nil and type(value) ~= 'string' then
+        invalid('%s must be a string, got %s', field, type(value))
     end
 end
 
@@ -39,19 +47,24 @@ end
 -- locale} and returns the stored row for it.
 local function row_for(reg, now_s)
     if type(reg) ~= 'table' then
-        fail('a registration must be an array, got %s', type(reg))
+        invalid('a registration must be an array, got %s', type(reg))
     end
     local token, user_id, platform, app, topics, tz, locale = unpack(reg, 1, 7)
     check_string(token, 'token')
     check_string(user_id, 'user_id')
     if not PLATFORMS[platform] then
-        fail("platform must be 'ios' or 'android', got %s", tostring(platform))
+        invalid("platform must be 'ios' or 'android', got %s", errors.shown(platform))
     end
     check_string(app, 'app')
     topics = topics or {}
     if type(topics) ~= 'table' then
-        fail('topics must be an array of strings')
+        invalid('topics must be an array of strings, got %s', type(topics))
     end
+    for i, topic in ipairs(topics) do
+        check_string(topic, string.format('topics[%d]', i))
+    end
+    check_optional_string(tz, 'tz')
+    check_optional_string(locale, 'locale')
     local old = box.space.subscriber:get(token)
     local created = live(old) and old[S.created] or now_s
     return {token, user_id, platform, app, topics, tz or 'UTC', locale or '',
@@ -60,6 +73,9 @@ end
 
 -- Registers or updates many devices in one transaction; returns the count.
 function M.put_many(regs)
+    if type(regs) ~= 'table' then
+        invalid('registrations must be an array, got %s', type(regs))
+    end
     local now_s = math.floor(fiber.time()) -- whole seconds: 4 bytes a device less than a double
     atomic(function()
         for _, reg in ipairs(regs) do
@@ -194,7 +210,7 @@ end
 -- empty) with a cursor: keep going while the cursor is not nil.
 function M.page(after, limit, audience)
     if type(limit) ~= 'number' or limit < 1 then
-        fail('page limit must be a positive number, got %s', tostring(limit))
+        invalid('limit must be a positive number, got %s', type(limit) == 'number' and limit or errors.shown(limit))
     end
     return M.scan(after, nil, audience, limit, limit * SCAN_FACTOR)
 end

@@ -13,7 +13,7 @@ local subscribers = require('node.subscribers')
 local config = require('node.config')
 
 local test = tap.test('node')
-test:plan(8)
+test:plan(9)
 
 test:test('migrations are idempotent and use explicit ids', function(t)
     t:plan(6)
@@ -67,6 +67,27 @@ test:test('subscriber writes and reads', function(t)
     t:like(tostring(err), "platform must be 'ios' or 'android'", 'bad platform refused: ' .. tostring(ok))
 end)
 
+test:test('refusals carry our error codes and name the field', function(t)
+    t:plan(6)
+    local errors = require('node.errors')
+    local broadcasts = require('node.broadcasts')
+    local dispatch = require('node.dispatch')
+    local function refusal(fn, ...)
+        local ok, e = pcall(fn, ...)
+        return ok and {code = 'none'} or {code = e.code, message = e.message}
+    end
+    local e = refusal(subscribers.put, 'tok', 'u', 'ios', 'news', {'sport', 7})
+    t:is_deeply(e, {code = errors.INVALID, message = 'subscriber: topics[2] must be a non-empty string, got number'},
+                'a bad topic')
+    e = refusal(subscribers.put, 'tok', 'u', 'ios', 'news', {}, 42)
+    t:is_deeply(e, {code = errors.INVALID, message = 'subscriber: tz must be a string, got number'}, 'a bad tz')
+    t:is(refusal(subscribers.page, nil, 0).code, errors.INVALID, 'a bad page limit')
+    e = refusal(broadcasts.set_state, 'b_none', 'cancelled')
+    t:is_deeply(e, {code = errors.NOT_FOUND, message = 'broadcast: no broadcast b_none'}, 'an unknown broadcast')
+    t:is(refusal(broadcasts.set_state, 'b_none', 'paused').code, errors.INVALID, 'an unknown state')
+    t:is(refusal(dispatch.settle, 'nope', {}, {}, {}, {}).code, errors.INVALID, 'an unknown tube')
+end)
+
 test:test('audience pages in cursor order', function(t)
     t:plan(6)
     local regs = {}
@@ -97,8 +118,10 @@ test:test('audience pages in cursor order', function(t)
 end)
 
 test:test('the dispatcher user can call the functions and nothing else', function(t)
-    t:plan(4)
+    t:plan(6)
     local access = require('node.access')
+    box.schema.func.create('node.gone_in_this_release', {setuid = true})
+    access.apply({dispatcher_password = 'dispatcher-pass'}, {'node.info_for_test'})
     access.apply({dispatcher_password = 'dispatcher-pass'}, {'node.info_for_test'})
     node = {info_for_test = function() return 'ok' end}
     local conn = require('net.box').connect('dispatcher:dispatcher-pass@unix/:' .. helper.socket)
@@ -106,14 +129,16 @@ test:test('the dispatcher user can call the functions and nothing else', functio
     t:ok(conn:call('queue.tube.ios:put', {'x'}) ~= nil, 'queue methods')
     t:ok(not pcall(conn.call, conn, 'box.space.subscriber:select', {}), 'no direct space access')
     t:ok(not pcall(conn.eval, conn, 'return 1'), 'no eval')
+    t:ok(not pcall(conn.execute, conn, "SELECT LUA('return 1')"), "no SQL LUA()")
+    t:is(box.func['node.gone_in_this_release'], nil, 'a function of an older release is dropped')
     conn:close()
 end)
 
 test:test('settings: defaults, file-free overrides, and clear errors', function(t)
-    t:plan(6)
-    local cfg = config.load({NODE_DISPATCHER_PASSWORD = 'long-enough'})
+    t:plan(11)
+    local cfg = config.load({NODE_DISPATCHER_PASSWORD = 'long-enough-pw'})
     t:is(cfg.listen, '127.0.0.1:3301', 'default listen')
-    cfg = config.load({NODE_DISPATCHER_PASSWORD = 'long-enough', NODE_PEERS = 'a:1, b:2',
+    cfg = config.load({NODE_DISPATCHER_PASSWORD = 'long-enough-pw', NODE_PEERS = 'a:1, b:2',
                        NODE_MEMTX_MEMORY_MB = '512'})
     t:is_deeply({cfg.peers, cfg.memtx_memory_mb}, {{'a:1', 'b:2'}, 512}, 'environment overrides')
     local function err(env)
@@ -121,12 +146,29 @@ test:test('settings: defaults, file-free overrides, and clear errors', function(
         return ok and 'no error' or e
     end
     t:like(err({}), 'dispatcher_password .*must be set', 'password required')
-    t:like(err({NODE_DISPATCHER_PASSWORD = 'long-enough', NODE_MEMTX_MEMORY_MB = 'lots'}),
+    t:like(err({NODE_DISPATCHER_PASSWORD = 'long-enough-pw', NODE_MEMTX_MEMORY_MB = 'lots'}),
            'memtx_memory_mb %(from NODE_MEMTX_MEMORY_MB%): must be a positive integer', 'bad number')
-    t:like(err({NODE_DISPATCHER_PASSWORD = 'long-enough', NODE_LISTEN = 'nowhere'}),
+    t:like(err({NODE_DISPATCHER_PASSWORD = 'long-enough-pw', NODE_LISTEN = 'nowhere'}),
            'listen .*host:port', 'bad address')
-    t:like(err({NODE_DISPATCHER_PASSWORD = 'long-enough', NODE_CONFIG = '/nonexistent.json'}),
+    t:like(err({NODE_DISPATCHER_PASSWORD = 'long-enough-pw', NODE_CONFIG = '/nonexistent.json'}),
            'cannot read NODE_CONFIG', 'missing file')
+    local short = err({NODE_DISPATCHER_PASSWORD = 'elevenchars'})
+    t:ok(short:match('dispatcher_password .*at least 12 characters') and not short:match('elevenchars'),
+         'a short password is refused, its value not shown: ' .. short)
+    local dev = config.DEV_PASSWORD
+    local off = err({NODE_DISPATCHER_PASSWORD = dev, NODE_LISTEN = '0.0.0.0:3301'})
+    t:ok(off:match('development password') and not off:find(dev, 1, true),
+         'the development password is refused off loopback, not shown: ' .. off)
+    t:like(err({NODE_DISPATCHER_PASSWORD = 'long-enough-pw', NODE_REPLICATOR_PASSWORD = dev,
+                NODE_LISTEN = '10.0.0.1:3301'}), 'replicator_password .*development password',
+           'for the replicator too')
+    local loopback = {}
+    for _, listen in ipairs({'127.0.0.1:3301', '127.1.2.3:3301', 'localhost:3301', '[::1]:3301'}) do
+        table.insert(loopback, err({NODE_DISPATCHER_PASSWORD = dev, NODE_LISTEN = listen}))
+    end
+    t:is_deeply(loopback, {'no error', 'no error', 'no error', 'no error'}, 'allowed on loopback')
+    t:like(err({NODE_DISPATCHER_PASSWORD = dev, NODE_LISTEN = '[::]:3301'}), 'development password',
+           'not on IPv6 beyond loopback')
 end)
 
 test:test('settling is all or nothing', function(t)
@@ -149,18 +191,19 @@ test:test('settling is all or nothing', function(t)
     t:is(broadcasts.progress('bx').delivered, 1, 'with its progress')
 end)
 
-test:test('guest has no rights beyond the defaults', function(t)
-    t:plan(1)
-    -- Tarantool's defaults: the public role, and session,usage to connect.
-    local extra = {}
+test:test('guest may connect and nothing else; public may not run SQL LUA()', function(t)
+    t:plan(2)
+    require('node.access').apply({dispatcher_password = 'dispatcher-pass'}, {})
+    local rights = {}
     for _, p in ipairs(box.schema.user.info('guest')) do
-        local is_default = (p[2] == 'role' and p[3] == 'public')
-            or (p[2] == 'universe' and p[1] == 'session,usage')
-        if not is_default then
-            table.insert(extra, p[1] .. ' on ' .. p[2] .. ' ' .. tostring(p[3]))
-        end
+        table.insert(rights, p[1] .. ' on ' .. p[2] .. ' ' .. tostring(p[3] or ''))
     end
-    t:is_deeply(extra, {}, 'guest has no super, no read, write or execute')
+    t:is_deeply(rights, {'session,usage on universe '}, 'guest: session and usage only, no role')
+    local lua = false
+    for _, p in ipairs(box.schema.role.info('public')) do
+        lua = lua or (p[2] == 'function' and p[3] == 'LUA')
+    end
+    t:ok(not lua, 'public may not execute LUA')
 end)
 
 helper.finish(test)
