@@ -37,9 +37,10 @@ SEND_TUBES = ("ios", "android")
 
 class SendBacklog:
     """Send tasks waiting on this node (ready or delayed): what the API's 429
-    and the fan-out's high-water mark are measured against. Counting walks
-    the tubes' indexes, so a count serves for up to ``max_age_s``, plus what
-    the caller says it added since: an estimate that can only be high."""
+    and the fan-out's high-water mark are measured against. The queue keeps
+    its counts, so a count is cheap, but still a round trip: it serves for up
+    to ``max_age_s``, plus what the caller says it added since (an estimate
+    that can only be high), so a page or a request does not pay one each."""
 
     def __init__(self, queue: Queue, max_age_s: float) -> None:
         self._queue = queue

@@ -135,6 +135,7 @@ node = {
         local slab = box.slab.info()
         local mem = box.info.memory()
         return {arena_used = slab.arena_used, arena_size = slab.arena_size, quota_used = slab.quota_used,
+                quota_size = slab.quota_size,
                 data = mem.data, index = mem.index, lua = mem.lua}
     end,
     info = function()
