@@ -42,6 +42,7 @@ from jh2 import connection as jh2_connection
 from jh2 import events as jh2_events
 from jh2.exceptions import ProtocolError as H2ProtocolError
 
+from dispatcher.backoff import ReconnectDelay
 from dispatcher.config import ApnsSettings
 from dispatcher.errors import ConfigError
 from dispatcher.h2client import split_goaway
@@ -181,14 +182,42 @@ class _Protocol(APNsTLSClientProtocol):
             raise
 
 
-class _KeyPool(APNsKeyConnectionPool):
+class _Dialler:
+    """aioapns dials once per waiting push after a failed connect (a
+    thousand pushes in flight make a thousand attempts): connects here wait
+    out a jittered delay after a failure, failing at once meanwhile."""
+
+    reconnect: ReconnectDelay
+
+    async def create_connection(self) -> APNsBaseClientProtocol:
+        loop = asyncio.get_running_loop()
+        if self.reconnect.wait_s(loop.time()) > 0:
+            raise ApnsConnectionError("waiting before the next connection attempt")
+        try:
+            connection = await self._dial()
+        except Exception:
+            self.reconnect.attempted(loop.time(), ok=False)
+            raise
+        self.reconnect.attempted(loop.time(), ok=True)
+        return connection
+
+    async def _dial(self) -> APNsBaseClientProtocol:
+        raise NotImplementedError
+
+
+class _CertPool(_Dialler, APNsCertConnectionPool):
+    async def _dial(self) -> APNsBaseClientProtocol:
+        return await APNsCertConnectionPool.create_connection(self)
+
+
+class _KeyPool(_Dialler, APNsKeyConnectionPool):
     """aioapns' token-auth pool, with the shared provider token."""
 
     def __init__(self, provider: SharedProviderToken, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.provider = provider
 
-    async def create_connection(self) -> APNsBaseClientProtocol:
+    async def _dial(self) -> APNsBaseClientProtocol:
         # aioapns' own hints are off here (an optional topic, a NoReturn callback).
         factory = partial(self.protocol_class, self.apns_topic, self.loop,  # type: ignore[arg-type]
                           self.discard_connection, self.provider)  # type: ignore[arg-type]
@@ -204,12 +233,15 @@ class ApnsSender:
         })
         tls = ssl.create_default_context(cafile=str(settings.ca_path) if settings.ca_path else None)
         self.provider: SharedProviderToken | None = None
+        # Two attempts: a push the server did not take before GOAWAY goes
+        # again on another connection; beyond that, retries are the
+        # pipeline's, with backoff.
         common: dict[str, Any] = {"topic": settings.topic, "max_connections": settings.connections,
-                                  "max_connection_attempts": 3, "ssl_context": tls}
-        self.pool: APNsKeyConnectionPool | APNsCertConnectionPool
+                                  "max_connection_attempts": 2, "ssl_context": tls}
+        self.pool: _KeyPool | _CertPool
         if settings.cert_path is not None:
             try:
-                self.pool = APNsCertConnectionPool(cert_file=str(settings.cert_path), **common)
+                self.pool = _CertPool(cert_file=str(settings.cert_path), **common)
             except (OSError, ssl.SSLError) as e:
                 raise ConfigError(f"apns.cert_path: cannot load {settings.cert_path}: {e}") from None
         else:
@@ -226,6 +258,7 @@ class ApnsSender:
             self.pool = _KeyPool(self.provider, key=key, key_id=settings.key_id, team_id=settings.team_id,
                                  **common)
         self.pool.protocol_class = protocol
+        self.pool.reconnect = ReconnectDelay()
         self._slots = asyncio.Semaphore(settings.in_flight)
 
     async def send(self, push: Push) -> Outcome:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Sequence
@@ -103,17 +104,18 @@ def shown_state(broadcast: Broadcast, progress: dict[str, int]) -> str:
 
 class BroadcastCache:
     """Broadcast records as send workers need them: looked up once per few
-    seconds, so a cancel takes effect within ``ttl_s``."""
+    seconds, so a cancel takes effect within ``ttl_s``; concurrent sends of
+    one broadcast share one lookup."""
 
     def __init__(self, broadcasts: Broadcasts, ttl_s: float = 2.0) -> None:
         self._broadcasts = broadcasts
         self._ttl_s = ttl_s
-        self._entries: dict[str, tuple[float, Broadcast | None]] = {}
+        self._entries: dict[str, tuple[float, asyncio.Future[Broadcast | None]]] = {}
 
     async def get(self, id_: str) -> Broadcast | None:
         now = time.monotonic()
         entry = self._entries.get(id_)
-        if entry is None or now - entry[0] > self._ttl_s:
-            entry = (now, await self._broadcasts.get(id_))
+        if entry is None or now - entry[0] > self._ttl_s or (entry[1].done() and entry[1].exception()):
+            entry = (now, asyncio.ensure_future(self._broadcasts.get(id_)))
             self._entries[id_] = entry
-        return entry[1]
+        return await asyncio.shield(entry[1])

@@ -28,7 +28,7 @@ from dispatcher.config import (
 from dispatcher.errors import DispatcherError
 from dispatcher.fakes.gateways import FakeGateways
 from dispatcher.files import open_private, private_dir, write_private
-from dispatcher.service import seed_demo_devices
+from dispatcher.service import fake_apps, seed_demo_devices
 from dispatcher.store import Store
 from dispatcher.subscribers import Subscribers
 
@@ -67,8 +67,7 @@ def cluster_settings(directory: Path, count: int, tarantool_base: int, http_base
             api=ApiSettings(keys=[key]).model_dump(exclude_defaults=True),
             # Devices replicate: one node's count is all of them (cluster_up seeds them).
             dispatch={"demo_devices": demo_devices if i == 0 else 0},
-            apns=fakes.credentials.apns_settings(fakes.ports["apns"]).model_dump(exclude_defaults=True),
-            fcm=fakes.credentials.fcm_settings(fakes.ports["fcm"]).model_dump(exclude_defaults=True),
+            apps={name: app.model_dump(exclude_defaults=True) for name, app in fake_apps(fakes, {}).items()},
             cluster=cluster.model_dump(),
         )
         for i, n in enumerate(nodes)

@@ -72,13 +72,11 @@ class NodeSettings(BaseModel):
     # Other nodes' Tarantool addresses; replication is full mesh.
     peers: list[str] = Field(default_factory=list)
     replicator_password: Password | None = None
-    # "real": APNs and FCM as [apns] and [fcm] say. "fake": the node runs the
-    # fake gateways in process and sends every push to them (demos, tests):
-    # nothing reaches a phone.
+    # "real": APNs and FCM as each app's [apps.<name>.apns] and
+    # [apps.<name>.fcm] say. "fake": the node runs the fake gateways in
+    # process and sends every push to them (demos, tests): nothing reaches a
+    # phone.
     gateways: Literal["real", "fake"] = "real"
-    # The platforms this node sends to; one left out needs no credentials,
-    # and its devices are refused at registration.
-    platforms: list[Literal["ios", "android"]] = Field(["ios", "android"], min_length=1)
     # Demo mode (`dispatcher run --demo`): fake gateways, demo devices in an
     # empty node, and an API key made at start-up when the API is on loopback.
     demo: bool = False
@@ -123,8 +121,10 @@ class ClusterSettings(BaseModel):
 
 
 class ApnsSettings(BaseModel):
-    """APNs: token auth (the .p8 key file, key id, team id) or certificate
-    auth (a PEM with certificate and key), and where to send."""
+    """One app's APNs: token auth (the .p8 key file, key id, team id; one key
+    serves every app of its team, and apps with the same key and endpoint
+    share connections) or certificate auth (a PEM with certificate and key,
+    one per app), the app's topic, and where to send."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -132,8 +132,9 @@ class ApnsSettings(BaseModel):
     key_id: str | None = Field(None, pattern=r"^[A-Z0-9]{10}$")
     team_id: str | None = Field(None, pattern=r"^[A-Z0-9]{10}$")
     cert_path: Path | None = None
-    # The app's bundle id; required with token auth.
-    topic: str | None = None
+    # The app's bundle id; required with token auth (with certificate auth
+    # APNs takes the certificate's topic when none is given).
+    topic: str | None = Field(None, pattern=r"^[\w.-]+$")
     # "production", "sandbox", or host:port (a fake, a proxy).
     endpoint: str = Field("production", pattern=r"^(production|sandbox|[^\s:]+:\d{1,5})$")
     # CA file to trust instead of the system's (for a fake).
@@ -163,7 +164,8 @@ class ApnsSettings(BaseModel):
 
 
 class FcmSettings(BaseModel):
-    """FCM HTTP v1: a service-account file, and where to send."""
+    """One app's FCM HTTP v1: its project's service-account file, and where
+    to send."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -180,6 +182,29 @@ class FcmSettings(BaseModel):
     # Refresh the OAuth token this long before it expires (at most a
     # quarter of its lifetime).
     token_refresh_margin_s: float = Field(300.0, ge=0)
+
+
+class AppSettings(BaseModel):
+    """One app: its credentials for each platform it sends to. A device of
+    this app on a platform without credentials is refused at registration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    apns: ApnsSettings | None = None
+    fcm: FcmSettings | None = None
+
+    @model_validator(mode="after")
+    def _some_platform(self) -> AppSettings:
+        if self.apns is None and self.fcm is None:
+            raise ValueError("an app needs [apns] or [fcm] credentials (or both)")
+        return self
+
+    @property
+    def platforms(self) -> frozenset[str]:
+        return frozenset(p for p, creds in (("ios", self.apns), ("android", self.fcm)) if creds is not None)
+
+
+APP_NAME = r"^[\w.-]{1,64}$"
 
 
 class ApiKey(BaseModel):
@@ -220,8 +245,15 @@ class DispatchSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # Send tasks taken per request, at most (fewer when fewer slots are free).
     batch: int = Field(200, ge=1, le=5000)
-    loops_per_platform: int = Field(2, ge=1, le=32)
+    # Settled tasks go to Tarantool in batches of up to settle_batch, or
+    # after settle_interval_s, whichever comes first.
+    settle_batch: int = Field(200, ge=1, le=5000)
+    settle_interval_s: float = Field(0.05, gt=0, le=5)
+    # A taken task comes back to the queue after this long unsettled (the
+    # dispatcher stalled or lost it); longer than a send and its settle.
+    task_ttr_s: int = Field(120, ge=10)
     fanout_page: int = Field(1000, ge=1, le=10000)
     # Fan-out pauses above this many ready and delayed send tasks.
     high_water: int = Field(200_000, ge=1)
@@ -230,10 +262,29 @@ class DispatchSettings(BaseModel):
     # A baton that has not moved this long, and the fan-out tasks of a node
     # down this long, are re-issued by a live node.
     baton_silence_s: float = Field(15.0, gt=0)
+    # Retries: exponential backoff with full jitter from retry_base_s up to
+    # retry_cap_s, for as long as the push's ttl and retry_deadline_s (from
+    # its first attempt) allow; a gateway's Retry-After is honoured up to
+    # retry_after_cap_s, with jitter.
     retry_base_s: float = Field(1.0, gt=0)
     retry_cap_s: float = Field(300.0, gt=0)
-    max_attempts: int = Field(8, ge=1)
     retry_deadline_s: float = Field(3600.0, gt=0)
+    retry_after_cap_s: float = Field(600.0, gt=0)
+    # A gateway that fails this many pushes in a row (no answer, 429, 5xx)
+    # is paused: no sends but one probe per interval, growing from
+    # pause_probe_s to pause_probe_cap_s (jittered), until a probe succeeds.
+    # An error in our credentials or settings pauses it at once.
+    breaker_failures: int = Field(20, ge=1)
+    pause_probe_s: float = Field(5.0, gt=0)
+    pause_probe_cap_s: float = Field(60.0, gt=0)
+    # Mass-removal guard: a dead-token verdict removes a device only when
+    # the same token is found dead again guard_confirm_s later, and only
+    # while dead tokens are below guard_share of an app's last
+    # guard_min_sends verdicts; above it, the app's gateway pauses (a
+    # sandbox/production or topic mix-up looks like that).
+    guard_share: float = Field(0.2, gt=0, le=1)
+    guard_min_sends: int = Field(1000, ge=1)
+    guard_confirm_s: float = Field(60.0, gt=0)
     # Seconds a SIGTERM waits for pushes in flight before giving up.
     drain_timeout_s: float = Field(30.0, gt=0)
     # Demo mode only: demo devices put in when the node has none (0: none).
@@ -249,9 +300,10 @@ class Settings(BaseSettings):
 
     node: NodeSettings = Field(default_factory=NodeSettings)
     tarantool: TarantoolSettings = Field(default_factory=TarantoolSettings)
-    # Required for each platform in node.platforms, unless node.gateways = "fake".
-    apns: ApnsSettings | None = None
-    fcm: FcmSettings | None = None
+    # The apps this node sends for, by name (a device's and an audience's
+    # "app"). Required with real gateways; with node.gateways = "fake", none
+    # means the demo apps "news" and "horoscope" on both platforms.
+    apps: dict[Annotated[str, Field(pattern=APP_NAME)], AppSettings] = Field(default_factory=dict)
     api: ApiSettings = Field(default_factory=ApiSettings)
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     cluster: ClusterSettings | None = None
@@ -303,15 +355,18 @@ class Settings(BaseSettings):
 def to_toml(settings: Settings) -> str:
     """The settings as a config file (secrets in clear; defaults left out), for
     tools and tests that start a node from a file."""
-    lines: list[str] = []
-    for section, model in settings:
-        if not isinstance(model, BaseModel):
-            continue
-        values = model.model_dump(exclude_defaults=True, exclude_none=True)
-        if values:
-            lines.append(f"[{section}]")
-            lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
-    return "\n".join(lines) + "\n"
+    top: list[str] = []  # keys of the root table come before any [section]
+    tables: list[str] = []
+    for section, value in settings:
+        if isinstance(value, BaseModel):
+            values = value.model_dump(exclude_defaults=True, exclude_none=True)
+            if values:
+                tables.append(f"[{section}]")
+                tables += [f"{key} = {_toml_value(v)}" for key, v in values.items()]
+        elif value:  # apps: a dict of models
+            dumped = {k: v.model_dump(exclude_defaults=True, exclude_none=True) for k, v in value.items()}
+            top.append(f"{section} = {_toml_value(dumped)}")
+    return "\n".join(top + tables) + "\n"
 
 
 def _toml_value(value: Any) -> str:

@@ -38,6 +38,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from dispatcher import metrics
+from dispatcher.backoff import Backoff
 from dispatcher.broadcasts import Broadcast, Broadcasts, fanned_out
 from dispatcher.errors import StoreError
 from dispatcher.peers import Peers
@@ -69,7 +70,7 @@ def all_zones() -> list[str]:
 class FanoutWorker:
     def __init__(self, me: str, queue: Queue, broadcasts: Broadcasts, page_size: int = 1000,
                  high_water: int = 200_000, peers: Peers | None = None, baton_silence_s: float = 15.0,
-                 cascade_parts: int = 64) -> None:
+                 cascade_parts: int = 64, backoff: Backoff | None = None, request_timeout_s: float = 10.0) -> None:
         self.me = me
         self.queue = queue
         self.tube = queue.tube("fanout")
@@ -83,20 +84,44 @@ class FanoutWorker:
         self._zone_at: dict[str, tuple[float, dict[str, float]]] = {}
         self._reissued: dict[tuple[str, Any], float] = {}
         self._backlog = SendBacklog(queue, max_age_s=0.25)
+        self.backoff = backoff or Backoff(base_s=1.0, cap_s=60.0)
+        self.request_timeout_s = request_timeout_s
+        self._failures: dict[int, int] = {}  # task id -> steps failed in a row
 
     async def run(self, stop: asyncio.Event) -> None:
         next_watch = time.monotonic() + self.baton_silence_s / 3
         while not stop.is_set():
             try:
-                task = await self.tube.take(0.5)
-                if task is not None:
-                    await self._step(task)
+                tasks = await self.tube.take_many(1, timeout_s=0.5,
+                                                  give_up_at=time.time() + self.request_timeout_s - 1)
+                for task in tasks:
+                    await self._try_step(task)
                 if self.peers is not None and time.monotonic() >= next_watch:
                     next_watch = time.monotonic() + self.baton_silence_s / 3
                     await self._watch()
             except StoreError as e:
                 log.warning("fan-out: %s", e)
                 await asyncio.sleep(1)
+
+    async def _try_step(self, task: Task) -> None:
+        """One step; a step that fails goes back to the queue with backoff
+        (if even that fails, the task's ttr brings it back)."""
+        try:
+            await self._step(task)
+            self._failures.pop(task.id, None)
+        except Exception as e:
+            failures = self._failures[task.id] = self._failures.get(task.id, 0) + 1
+            if len(self._failures) > 10_000:
+                self._failures.clear()
+            delay = self.backoff.delay_s(failures)
+            if isinstance(e, StoreError):
+                log.warning("fan-out: step of task %d failed (%s); again in %.1f s", task.id, e, delay)
+            else:
+                log.exception("fan-out: step of task %d failed; again in %.1f s", task.id, delay)
+            try:
+                await self.tube.release(task.id, delay_s=delay)
+            except StoreError as again:
+                log.warning("fan-out: cannot release task %d (%s); its ttr brings it back", task.id, again)
 
     async def _call(self, function: str, *args: Any) -> list[Any]:
         return await self.store.call("node." + function, args)

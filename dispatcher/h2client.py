@@ -22,6 +22,8 @@ from jh2 import events as jh2_events
 from jh2 import exceptions as jh2_exceptions
 from jh2 import settings as jh2_settings
 
+from dispatcher.backoff import ReconnectDelay
+
 log = logging.getLogger(__name__)
 
 _FRAME_HEADER = 9
@@ -242,6 +244,7 @@ class H2Client:
         self._size = connections
         self._connections: list[_Connection] = []
         self._opening: asyncio.Task[_Connection] | None = None
+        self.reconnect = ReconnectDelay()
 
     async def _connection(self) -> _Connection:
         self._connections = [c for c in self._connections if c.transport is not None or not c.closing]
@@ -259,12 +262,17 @@ class H2Client:
 
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
+        wait = self.reconnect.wait_s(loop.time())
+        if wait > 0:
+            raise H2Error(f"cannot connect to {self.authority}: next attempt in {wait:.1f} s", unprocessed=True)
         try:
             _, conn = await asyncio.wait_for(loop.create_connection(
                 _Connection, self.host, self.port, ssl=self._ssl,
                 server_hostname=self.host if self._ssl else None), self.timeout_s)
         except (OSError, TimeoutError, ssl.SSLError) as e:
+            self.reconnect.attempted(loop.time(), ok=False)
             raise H2Error(f"cannot connect to {self.authority}: {e}", unprocessed=True) from None
+        self.reconnect.attempted(loop.time(), ok=True)
         self._connections.append(conn)
         return conn
 

@@ -26,3 +26,14 @@ PEERS_ALIVE = Gauge("dispatcher_peers_alive", "Peers whose Tarantool this node r
 BROADCASTS = Counter("dispatcher_broadcasts_total", "Broadcasts by what happened to them", ["event"])
 API_REQUESTS = Counter("dispatcher_api_requests_total", "HTTP API requests by route and status",
                        ["route", "status"])
+GATE_PAUSED = Gauge("dispatcher_gateway_paused", "1 while an app's gateway is paused, by cause (config: our "
+                    "credentials or settings; outage: failures in a row; guard: dead-token spike)",
+                    ["app", "platform", "cause"])
+GATE_PAUSES = Counter("dispatcher_gateway_pauses_total", "Times an app's gateway was paused, by cause",
+                      ["app", "platform", "cause"])
+GATE_PROBES = Counter("dispatcher_gateway_probes_total", "Pushes sent to a paused gateway to see if it healed",
+                      ["app", "platform"])
+GUARD_TRIPS = Counter("dispatcher_removal_guard_trips_total",
+                      "Times dead-token verdicts spiked for an app and device removal stopped", ["app", "platform"])
+SETTLE_FAILURES = Counter("dispatcher_settle_failures_total",
+                          "Settle calls to Tarantool that failed and were sent again", ["tube"])

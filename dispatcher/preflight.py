@@ -2,7 +2,7 @@
 
 Settings (config.py) check each value and how values fit together; this
 module judges whether the whole is safe to *run* as a node: credentials for
-every platform it sends to, API keys, and the combinations an operator
+every app it sends for, API keys, and the combinations an operator
 should be told about. ``dispatcher run`` refuses on any refusal;
 ``dispatcher check-config`` prints both lists.
 """
@@ -12,9 +12,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from dispatcher.config import DEV_PASSWORD, Settings, is_loopback
-
-_SECTIONS = {"ios": ("apns", "APNs", "iOS"), "android": ("fcm", "FCM", "Android")}
+from dispatcher.config import DEV_PASSWORD, AppSettings, Settings, is_loopback
 
 
 def refusals(settings: Settings) -> list[str]:
@@ -24,13 +22,10 @@ def refusals(settings: Settings) -> list[str]:
     if s.node.demo and s.node.gateways != "fake":
         out.append('node.demo: demo mode sends to the fake gateways only; set node.gateways = "fake" too '
                    "(`dispatcher run --demo` sets both)")
-    if s.node.gateways == "real":
-        for platform in s.node.platforms:
-            section, gateway, os_name = _SECTIONS[platform]
-            if getattr(s, section) is None:
-                out.append(f"{section}: missing: this node sends {os_name} pushes (node.platforms), so it needs "
-                           f"an [{section}] section with {gateway} credentials; or leave {platform!r} out of "
-                           'node.platforms, or set node.gateways = "fake" (demos and tests: nothing reaches a phone)')
+    if s.node.gateways == "real" and not s.apps:
+        out.append("apps: no app is configured, so nothing could be sent; add [apps.<name>.apns] (APNs "
+                   "credentials and topic) and/or [apps.<name>.fcm] (an FCM service account) for each app, "
+                   'or set node.gateways = "fake" (demos and tests: nothing reaches a phone)')
     if s.api.keys is None and not s.node.demo:
         out.append('api.keys: no API key is configured; add api.keys = [{key = "...", scopes = ["admin"]}, ...] '
                    "(a key is made at start-up only in demo mode, on a loopback api.host)")
@@ -74,24 +69,29 @@ def warnings(settings: Settings, config_path: Path | None = None) -> list[str]:
             if set(k.scopes) == {"admin", "backend"}:
                 out.append(f"api.keys[{i}]: one key with both scopes; give the backend and the admin panel "
                            "a key each")
-    for section, name in (("apns", "APNs"), ("fcm", "FCM")):
-        gateway = getattr(s, section)
-        if gateway is None or s.node.gateways == "fake":
-            continue
-        if gateway.ca_path is not None:
-            out.append(f"{section}.ca_path: {name}'s certificate is checked against {gateway.ca_path}, not the "
-                       "system's CAs (meant for a fake or a proxy)")
-    if s.apns is not None and s.node.gateways == "real" and s.apns.endpoint not in ("production", "sandbox"):
-        out.append(f"apns.endpoint {s.apns.endpoint}: not Apple's production or sandbox endpoint")
-    if s.fcm is not None and s.node.gateways == "real" and s.fcm.endpoint != "https://fcm.googleapis.com":
-        out.append(f"fcm.endpoint {s.fcm.endpoint}: not Google's FCM endpoint")
+    if s.node.gateways == "real":
+        for name, app in s.apps.items():
+            out += _app_warnings(f"apps.{name}", app)
     if config_path is not None:
         out += _file_warnings(config_path)
+    return out
+
+
+def _app_warnings(where: str, app: AppSettings) -> list[str]:
+    out = []
+    for section, gateway, name in (("apns", app.apns, "APNs"), ("fcm", app.fcm, "FCM")):
+        if gateway is not None and gateway.ca_path is not None:
+            out.append(f"{where}.{section}.ca_path: {name}'s certificate is checked against {gateway.ca_path}, "
+                       "not the system's CAs (meant for a fake or a proxy)")
+    if app.apns is not None and app.apns.endpoint not in ("production", "sandbox"):
+        out.append(f"{where}.apns.endpoint {app.apns.endpoint}: not Apple's production or sandbox endpoint")
+    if app.fcm is not None and app.fcm.endpoint != "https://fcm.googleapis.com":
+        out.append(f"{where}.fcm.endpoint {app.fcm.endpoint}: not Google's FCM endpoint")
     for section, field in (("apns", "key_path"), ("apns", "cert_path"), ("fcm", "service_account_path")):
-        gateway = getattr(s, section)
+        gateway = getattr(app, section)
         path = getattr(gateway, field, None) if gateway is not None else None
         if path is not None:
-            out += _file_warnings(path, f"{section}.{field}")
+            out += _file_warnings(path, f"{where}.{section}.{field}")
     return out
 
 

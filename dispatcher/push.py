@@ -33,6 +33,9 @@ class Verdict(enum.StrEnum):
     DEAD_TOKEN = "dead_token"  # remove the device
     TEMPORARY = "temporary"  # retry later, with backoff
     PERMANENT = "permanent"  # dead letter; the device stays
+    # Our credentials or settings are wrong (auth, certificate, topic,
+    # project): pause that app's gateway, keep the task and the device.
+    CONFIG = "config"
 
 
 @dataclass(frozen=True, slots=True)

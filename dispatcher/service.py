@@ -12,26 +12,27 @@ from pathlib import Path
 from aiohttp import web
 
 from dispatcher.api import Api
-from dispatcher.apns import ApnsSender
+from dispatcher.apps import Apps
 from dispatcher.backoff import Backoff
 from dispatcher.broadcasts import Broadcasts
-from dispatcher.config import ApnsSettings, FcmSettings, Settings
+from dispatcher.config import AppSettings, Settings
 from dispatcher.errors import ConfigError
 from dispatcher.fakes.gateways import FakeGateways
 from dispatcher.fanout import FanoutWorker
-from dispatcher.fcm import FcmSender
 from dispatcher.peers import Peers
 from dispatcher.preflight import refusals
 from dispatcher.queue import Queue
 from dispatcher.store import Store
 from dispatcher.subscribers import Registration, Subscribers
 from dispatcher.tarantool_process import TarantoolProcess
-from dispatcher.workers import SendWorker
+from dispatcher.workers import SendPipeline
 
 log = logging.getLogger(__name__)
 
 DEMO_TOPICS = ("breaking", "sport", "tech", "leo", "virgo")
 DEMO_ZONES = ("UTC", "Europe/Paris", "America/New_York", "Asia/Tokyo")
+# The apps a fake-gateways node sends for when none are configured.
+DEMO_APPS = ("news", "horoscope")
 
 
 class Dispatcher:
@@ -50,27 +51,31 @@ class Dispatcher:
         self.api_keys: dict[str, set[str]] = {}
         self.api_port = 0
         self._stop = asyncio.Event()
+        self.restarts = 0  # workers started again after a crash
         self._workers: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
-        self._senders: dict[str, ApnsSender | FcmSender] = {}
+        self.apps: Apps | None = None
 
     async def start(self) -> None:
         s = self.settings
+        d = s.dispatch
+        backoff = Backoff(d.retry_base_s, d.retry_cap_s, d.retry_deadline_s, d.retry_after_cap_s)
+        # Credentials first: one that does not load stops start-up before
+        # anything runs.
+        self.apps = apps = Apps(await self._app_settings(), d, backoff)
         if self.tarantool is not None:
             await asyncio.to_thread(self.tarantool.start)
         await self.store.connect()
         if self.peers is not None:
             self.peers.start()
-        self._senders = await self._start_senders()
-        d = s.dispatch
-        backoff = Backoff(d.retry_base_s, d.retry_cap_s, d.max_attempts, d.retry_deadline_s)
-        workers: list[SendWorker | FanoutWorker] = [
-            SendWorker(platform, self.queue.tube(platform), sender, self.store, self.broadcasts, backoff, d.batch,
-                       d.loops_per_platform)
-            for platform, sender in self._senders.items()
+        workers: list[SendPipeline | FanoutWorker] = [
+            SendPipeline(platform, self.queue.tube(platform), apps, self.store, self.broadcasts, backoff, d,
+                         s.tarantool.request_timeout_s)
+            for platform in sorted(apps.platforms())
         ]
         workers.append(FanoutWorker(s.node.name, self.queue, self.broadcasts, d.fanout_page, d.high_water,
-                                    self.peers, d.baton_silence_s, d.cascade_parts))
+                                    self.peers, d.baton_silence_s, d.cascade_parts, backoff,
+                                    s.tarantool.request_timeout_s))
         self._workers = [asyncio.create_task(self._supervise(w)) for w in workers]
         if s.api.keys is None:
             # Demo mode on loopback only (preflight refuses anything else).
@@ -78,7 +83,7 @@ class Dispatcher:
         else:
             self.api_keys = {k.key.get_secret_value(): set(k.scopes) for k in s.api.keys}
         api = Api(s.api, self.api_keys, self.queue, self.subscribers, self.broadcasts, self.peers,
-                  frozenset(self._senders), memtx_quota_bytes=s.node.memtx_memory_mb * 2**20)
+                  apps.by_app(), memtx_quota_bytes=s.node.memtx_memory_mb * 2**20)
         self._runner = web.AppRunner(api.app(), access_log=None)
         await self._runner.setup()
         # A TCP site whose connections are guarded: slow clients dropped,
@@ -87,7 +92,7 @@ class Dispatcher:
         await site.start()
         self.api_port = site.port
 
-    async def _supervise(self, worker: SendWorker | FanoutWorker) -> None:
+    async def _supervise(self, worker: SendPipeline | FanoutWorker) -> None:
         """Runs a worker until stop; a bug that escapes it is logged at once
         and the worker starts again, instead of the node going quiet."""
         while not self._stop.is_set():
@@ -95,28 +100,20 @@ class Dispatcher:
                 await worker.run(self._stop)
             except Exception:
                 log.exception("%s crashed; starting it again in 1 s", type(worker).__name__)
+                self.restarts += 1
                 await asyncio.sleep(1)
 
-    async def _start_senders(self) -> dict[str, ApnsSender | FcmSender]:
-        """A sender for each platform this node sends to: to the gateways
-        [apns] and [fcm] name, or to the fakes when node.gateways = "fake"."""
+    async def _app_settings(self) -> dict[str, AppSettings]:
+        """Each app's credentials: as configured, or, with node.gateways =
+        "fake", the fakes' (topic com.example.<app>, project fake-<app>),
+        for the configured apps or else the demo apps."""
         s = self.settings
-        apns: ApnsSettings | None = s.apns
-        fcm: FcmSettings | None = s.fcm
-        if s.node.gateways == "fake":
-            self.fakes = FakeGateways(Path(s.node.data_dir) / "fakes")
-            await self.fakes.start()
-            log.warning('node.gateways = "fake": sending every push to the fake gateways in this process')
-            apns = self.fakes.credentials.apns_settings(self.fakes.ports["apns"])
-            fcm = self.fakes.credentials.fcm_settings(self.fakes.ports["fcm"])
-        senders: dict[str, ApnsSender | FcmSender] = {}
-        if "ios" in s.node.platforms:
-            assert apns is not None, "preflight requires [apns]"
-            senders["ios"] = ApnsSender(apns)
-        if "android" in s.node.platforms:
-            assert fcm is not None, "preflight requires [fcm]"
-            senders["android"] = FcmSender(fcm)
-        return senders
+        if s.node.gateways == "real":
+            return dict(s.apps)
+        self.fakes = FakeGateways(Path(s.node.data_dir) / "fakes")
+        await self.fakes.start()
+        log.warning('node.gateways = "fake": sending every push to the fake gateways in this process')
+        return fake_apps(self.fakes, s.apps)
 
     async def seed_demo_devices(self) -> int:
         """In demo mode, puts demo devices in when the node has none; returns
@@ -149,8 +146,8 @@ class Dispatcher:
             for task in done:
                 if task.exception() is not None:
                     log.error("worker failed: %r", task.exception())
-        for sender in self._senders.values():
-            await sender.close()
+        if self.apps is not None:
+            await self.apps.close()
         if self.fakes is not None:
             await self.fakes.stop()
         if self.peers is not None:
@@ -158,6 +155,24 @@ class Dispatcher:
         await self.store.close()
         if self.tarantool is not None:
             await asyncio.to_thread(self.tarantool.stop)
+
+
+def fake_apps(fakes: FakeGateways, configured: dict[str, AppSettings]) -> dict[str, AppSettings]:
+    """The apps, with the fakes' credentials in place of their own."""
+    creds = fakes.credentials
+    projects = list(creds.fcm_projects)
+    wanted: dict[str, AppSettings | None] = {**configured} or dict.fromkeys(DEMO_APPS)
+    out = {}
+    for name, app in wanted.items():
+        apns = fcm = None
+        if app is None or app.apns is not None:
+            topic = app.apns.topic if app is not None and app.apns is not None else None
+            apns = creds.apns_settings(fakes.ports["apns"], topic=topic or f"com.example.{name}")
+        if app is None or app.fcm is not None:
+            project = f"fake-{name}" if f"fake-{name}" in projects else projects[0]
+            fcm = creds.fcm_settings(fakes.ports["fcm"], project=project)
+        out[name] = AppSettings(apns=apns, fcm=fcm)
+    return out
 
 
 def demo_registrations(count: int) -> list[Registration]:

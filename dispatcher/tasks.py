@@ -1,6 +1,6 @@
 """The send task: small, queued once per device. It names the broadcast (whose
-message is stored once) or carries a one-off message, plus the device, the
-attempt count and when it stops being worth sending."""
+message is stored once) or carries a one-off message, plus the device and
+its app, the attempt count and when it stops being worth sending."""
 
 from __future__ import annotations
 
@@ -23,13 +23,42 @@ class SendTask:
     expires_at: float  # epoch seconds
     attempt: int = 0
     first_attempt_at: float = 0.0  # epoch seconds, 0 until the first try
+    # The device's app; None in tasks queued before apps were recorded
+    # (a broadcast's audience names it then).
+    app: str | None = None
+    # The gateway called the token dead once; a second verdict, later,
+    # removes the device (the mass-removal guard's confirmation).
+    suspect: bool = False
 
     def wire(self) -> list[Any]:
-        return [self.kind, self.ref, self.token, self.platform, self.expires_at, self.attempt, self.first_attempt_at]
+        return [self.kind, self.ref, self.token, self.platform, self.expires_at, self.attempt, self.first_attempt_at,
+                self.app, self.suspect]
 
     @classmethod
-    def from_wire(cls, data: list[Any]) -> SendTask:
-        return cls(data[0], data[1], data[2], data[3], data[4], data[5], data[6])
+    def from_wire(cls, data: Any) -> SendTask:
+        """Raises ValueError naming what is wrong with a task that is not one
+        of ours (put by hand, or by a buggy version)."""
+        if not isinstance(data, list | tuple) or not 7 <= len(data) <= 9:
+            raise ValueError("a send task is an array of 7 to 9 fields")
+        kind, ref, token, platform, expires_at, attempt, first = data[:7]
+        app = data[7] if len(data) > 7 else None
+        if kind not in ("b", "m"):
+            raise ValueError(f"field 1 (kind) must be 'b' or 'm', got {kind!r}")
+        if kind == "b" and not isinstance(ref, str):
+            raise ValueError("field 2 (broadcast id) must be a string")
+        if kind == "m" and not isinstance(ref, dict):
+            raise ValueError("field 2 (message) must be a map")
+        if not isinstance(token, str) or not token:
+            raise ValueError("field 3 (token) must be a non-empty string")
+        if platform not in ("ios", "android"):
+            raise ValueError(f"field 4 (platform) must be ios or android, got {platform!r}")
+        for i, v in ((5, expires_at), (6, attempt), (7, first)):
+            if not isinstance(v, int | float) or isinstance(v, bool):
+                raise ValueError(f"field {i} must be a number")
+        if app is not None and not isinstance(app, str):
+            raise ValueError("field 8 (app) must be a string")
+        return cls(kind, ref, token, platform, float(expires_at), int(attempt), float(first), app,
+                   bool(data[8]) if len(data) > 8 else False)
 
 
 SEND_TUBES = ("ios", "android")

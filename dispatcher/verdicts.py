@@ -8,7 +8,7 @@ from typing import Any
 
 from dispatcher.push import Outcome, Verdict
 
-D, X, T, P = Verdict.DELIVERED, Verdict.DEAD_TOKEN, Verdict.TEMPORARY, Verdict.PERMANENT
+D, X, T, P, C = Verdict.DELIVERED, Verdict.DEAD_TOKEN, Verdict.TEMPORARY, Verdict.PERMANENT, Verdict.CONFIG
 
 # (status, reason) -> verdict. A reason not listed falls back to its status below.
 APNS: Mapping[tuple[int, str], Verdict] = {
@@ -17,21 +17,23 @@ APNS: Mapping[tuple[int, str], Verdict] = {
     (400, "BadExpirationDate"): P,
     (400, "BadMessageId"): P,
     (400, "BadPriority"): P,
-    (400, "BadTopic"): P,
+    (400, "BadTopic"): C,
     (400, "DeviceTokenNotForTopic"): X,  # see APNS_TOKEN_REASONS
     (400, "DuplicateHeaders"): P,
     (400, "IdleTimeout"): T,
     (400, "InvalidPushType"): P,
     (400, "MissingDeviceToken"): P,
-    (400, "MissingTopic"): P,
+    (400, "MissingTopic"): C,
     (400, "PayloadEmpty"): P,
-    (400, "TopicDisallowed"): P,
-    (403, "BadCertificate"): P,
-    (403, "BadCertificateEnvironment"): P,
-    (403, "ExpiredProviderToken"): T,  # the sender mints a new JWT and resends once
-    (403, "Forbidden"): P,
-    (403, "InvalidProviderToken"): P,
-    (403, "MissingProviderToken"): P,
+    (400, "TopicDisallowed"): C,
+    (403, "BadCertificate"): C,
+    (403, "BadCertificateEnvironment"): C,
+    # The sender mints a new JWT and resends once first: still expired means
+    # our clock or key is wrong.
+    (403, "ExpiredProviderToken"): C,
+    (403, "Forbidden"): C,
+    (403, "InvalidProviderToken"): C,
+    (403, "MissingProviderToken"): C,
     (404, "BadPath"): P,
     (405, "MethodNotAllowed"): P,
     (410, "Unregistered"): X,
@@ -47,15 +49,16 @@ APNS: Mapping[tuple[int, str], Verdict] = {
 # whether they remove the device is configurable (apns.bad_token_removes).
 APNS_TOKEN_REASONS = frozenset({"BadDeviceToken", "DeviceTokenNotForTopic"})
 
-# errorCode -> verdict; INVALID_ARGUMENT depends on the detail (see fcm_outcome).
+# An FcmError detail's errorCode -> verdict. INVALID_ARGUMENT with that
+# detail is about the token; without it, see fcm_outcome.
 FCM: Mapping[str, Verdict] = {
     "UNREGISTERED": X,
     "INVALID_ARGUMENT": X,
-    "SENDER_ID_MISMATCH": X,
+    "SENDER_ID_MISMATCH": C,  # the token belongs to another project: ours is wrong
     "QUOTA_EXCEEDED": T,
     "UNAVAILABLE": T,
     "INTERNAL": T,
-    "THIRD_PARTY_AUTH_ERROR": P,
+    "THIRD_PARTY_AUTH_ERROR": C,  # the APNs credentials in Firebase
 }
 # FCM asks for at least a minute before retrying a quota error.
 FCM_QUOTA_MIN_DELAY_S = 60.0
@@ -72,6 +75,8 @@ def by_status(status: int) -> Verdict:
         return X
     if status == 429 or status >= 500:
         return T
+    if status in (401, 403):
+        return C
     return P
 
 
@@ -95,7 +100,14 @@ def fcm_outcome(status: int, body: Mapping[str, Any] | None, retry_after_s: floa
     code = codes[0] if codes else (infos[0] if infos else error.get("status") or str(status))
     if payload_fault:
         return Outcome(P, status, "BadRequest", None)
-    verdict = FCM.get(code) or by_status(status)
+    if codes:
+        verdict = FCM.get(code) or by_status(status)
+    elif status in (400, 404):
+        # No FcmError about the token: the request itself is wrong for this
+        # project (a bare INVALID_ARGUMENT, an unknown project): ours.
+        verdict = C
+    else:
+        verdict = by_status(status)
     if code == "QUOTA_EXCEEDED":
         retry_after_s = max(retry_after_s or 0.0, FCM_QUOTA_MIN_DELAY_S)
     return Outcome(verdict, status, code, retry_after_s)

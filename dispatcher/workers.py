@@ -1,15 +1,25 @@
-"""Send workers: take send tasks in batches from a platform's tube, send them,
-and settle each task only after the gateway's verdict.
+"""The send pipeline of one platform: take send tasks from its tube, keep up
+to the platform's window of pushes in flight (taking more as slots free,
+never waiting for the slowest of a batch), and settle each task only after
+its gateway's verdict, in small batches (dispatcher/settle.py).
 
-    delivered  -> ack
-    dead token -> remove the device (the replicated, versioned write), then ack
-    temporary  -> release with the backoff delay, attempt count kept in the task
-    retries spent, or permanent -> bury, with a dead letter giving the reason
-    expired    -> ack unsent, counted (never sent late)
-    cancelled  -> ack unsent, counted
+    delivered   -> ack
+    dead token  -> first verdict: back to the queue, marked suspect, for
+                   guard_confirm_s; second verdict, guard not tripped:
+                   remove the device and ack (one transaction)
+    temporary   -> back to the queue after a backoff delay, for as long as
+                   the push's ttl and the retry deadline allow
+    our mistake -> (auth, certificate, topic, project) the app's gateway
+                   pauses; the task goes back to the queue, untouched
+    permanent   -> bury, with a dead letter giving the reason
+    expired     -> ack unsent, counted (never sent late)
+    cancelled   -> ack unsent, counted
 
-Stopping (SIGTERM): take nothing more, finish what is in flight, settle it.
-Tasks taken and never settled (a crash) come back when the session ends.
+A task that cannot be sent for a reason of its own (malformed, a message
+that no longer validates, a bug) is buried with that reason; no other task
+is touched. A task whose broadcast cannot be read now (Tarantool busy) goes
+back to the queue. Stopping: take nothing more, finish what is in flight,
+settle it. Whatever stays taken (a crash, a stall) comes back by ttr.
 """
 
 from __future__ import annotations
@@ -17,80 +27,129 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
+
+from pydantic import ValidationError
 
 from dispatcher import metrics
+from dispatcher.apps import Apps, Route
 from dispatcher.backoff import Backoff
 from dispatcher.broadcasts import BroadcastCache, Broadcasts
+from dispatcher.config import DispatchSettings
 from dispatcher.errors import StoreError
 from dispatcher.messages import Message, apns_payload, fcm_message
-from dispatcher.push import Outcome, Push, Verdict
+from dispatcher.push import Push, Verdict
 from dispatcher.queue import Task, Tube
+from dispatcher.settle import Item, Settler, ack, bury, release
 from dispatcher.store import Store
-from dispatcher.subscribers import Subscribers
 from dispatcher.tasks import SendTask
 
 log = logging.getLogger(__name__)
 
-EXPIRED, CANCELLED = "expired", "cancelled"
+# A task whose broadcast cannot be read now comes back this much later.
+STORE_RETRY_S = 1.0
+# When every gate of the platform is paused, look again at least this often.
+IDLE_CHECK_S = 0.5
 
 
-class Sender(Protocol):
-    async def send(self, push: Push) -> Outcome: ...
-
-
-@dataclass(slots=True)
-class _Attempt:
-    task: Task
-    send: SendTask
-    result: str  # a Verdict value, or EXPIRED / CANCELLED
-    outcome: Outcome | None = None
-
-
-class SendWorker:
-    def __init__(self, platform: str, tube: Tube, sender: Sender, store: Store, broadcasts: Broadcasts,
-                 backoff: Backoff, batch: int = 200, loops: int = 2) -> None:
+class SendPipeline:
+    def __init__(self, platform: str, tube: Tube, apps: Apps, store: Store, broadcasts: Broadcasts,
+                 backoff: Backoff, dispatch: DispatchSettings, request_timeout_s: float) -> None:
         self.platform = platform
         self.tube = tube
-        self.sender = sender
+        self.apps = apps
         self.store = store
-        self.broadcasts = broadcasts
         self.cache = BroadcastCache(broadcasts)
         self._bodies: dict[str, dict[str, Any]] = {}  # broadcast id -> gateway body
-        self.subscribers = Subscribers(store)
         self.backoff = backoff
-        self.batch = batch
-        self.loops = loops
+        self.batch = dispatch.batch
+        self.confirm_s = dispatch.guard_confirm_s
+        self.window = max(1, apps.window(platform))
+        # Take when this many slots are free (or the pipeline is empty): not
+        # a round trip per freed slot, not lockstep either.
+        self.take_at = max(1, min(self.batch, self.window // 10))
+        self.request_timeout_s = request_timeout_s
+        self.settler = Settler(store, tube.name, dispatch.settle_batch, dispatch.settle_interval_s)
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(self.loops):
-                group.create_task(self._loop(stop))
+        # The settler outlives the sends: what they conclude still lands.
+        sends_over = asyncio.Event()
+        settling = asyncio.create_task(self.settler.run(sends_over))
+        try:
+            await self._take_loop(stop)
+            if self._in_flight:
+                await asyncio.gather(*self._in_flight, return_exceptions=True)
+        finally:
+            sends_over.set()
+            await settling
 
-    async def _loop(self, stop: asyncio.Event) -> None:
+    async def _take_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            try:
-                tasks = await self.tube.take_many(self.batch, timeout_s=0.5)
-            except StoreError as e:
-                log.warning("%s worker: cannot take tasks: %s", self.platform, e)
-                await asyncio.sleep(1)
+            free = self.window - len(self._in_flight)
+            if free < self.take_at and self._in_flight:
+                self._slot_freed.clear()
+                await _first(self._slot_freed.wait(), stop.wait())
                 continue
-            if tasks:
-                attempts = await asyncio.gather(*(self._attempt(t) for t in tasks))
-                # Bookkeeping is not to be cut short by a stop.
-                await asyncio.shield(self._settle(attempts))
+            gates = self.apps.gates(self.platform)
+            if gates and all(g.paused for g in gates):
+                wait = min(g.probe_in_s() for g in gates)
+                if wait > 0:  # every app's gateway is paused: take nothing but probes
+                    await _first(asyncio.sleep(min(wait, IDLE_CHECK_S)), stop.wait())
+                    continue
+                free = 1  # the probe
+            try:
+                tasks = await self.tube.take_many(min(free, self.batch), timeout_s=0.5,
+                                                  give_up_at=time.time() + self.request_timeout_s - 1)
+            except StoreError as e:
+                log.warning("%s: cannot take tasks: %s", self.platform, e)
+                await _first(asyncio.sleep(1), stop.wait())
+                continue
+            for task in tasks:
+                handling = asyncio.create_task(self._handle(task))
+                self._in_flight.add(handling)
+                handling.add_done_callback(self._done)
 
-    def _body(self, message: dict[str, Any]) -> dict[str, Any]:
+    def _done(self, handling: asyncio.Task[None]) -> None:
+        self._in_flight.discard(handling)
+        self._slot_freed.set()
+
+    async def _handle(self, task: Task) -> None:
+        try:
+            send = SendTask.from_wire(task.data)
+        except ValueError as e:
+            self._bury(task, None, f"malformed task: {e}", task.data)
+            return
+        broadcast = send.ref if send.kind == "b" else None
+        try:
+            item = await self._attempt(task, send)
+        except StoreError as e:
+            log.warning("%s: task %d: %s; back to the queue", self.platform, task.id, e)
+            item = release(task.id, broadcast, None, STORE_RETRY_S, send.wire())
+        except (ValidationError, ValueError) as e:
+            self._bury(task, broadcast, f"message no longer valid: {_first_line(e)}", send.wire())
+            return
+        except Exception as e:  # a bug: this task is buried, the others go on
+            log.exception("%s: task %d failed", self.platform, task.id)
+            self._bury(task, broadcast, f"internal error: {type(e).__name__}: {_first_line(e)}", send.wire())
+            return
+        self.settler.add(item)
+
+    def _bury(self, task: Task, broadcast: str | None, reason: str, data: Any) -> None:
+        metrics.DEAD_LETTERS.labels(self.platform).inc()
+        metrics.PUSHES.labels(self.platform, "failed").inc()
+        self.settler.add(bury(task.id, broadcast, reason, {"task_id": task.id, "task": data}))
+
+    def _message_body(self, message: dict[str, Any]) -> dict[str, Any]:
         m = Message.model_validate(message)
         return apns_payload(m) if self.platform == "ios" else fcm_message(m)
 
-    async def _payload(self, send: SendTask) -> tuple[dict[str, Any], str | None] | None:
-        """The gateway body and collapse key, or None if the broadcast is gone
-        or cancelled. A broadcast's body is built once, not once per push."""
+    async def _payload(self, send: SendTask) -> tuple[dict[str, Any], str | None, str | None] | None:
+        """The gateway body, collapse key and app, or None if the broadcast
+        is gone or cancelled. A broadcast's body is built once, not per push."""
         if send.kind == "m":
-            return self._body(send.ref["message"]), send.ref.get("collapse_key")
+            return self._message_body(send.ref["message"]), send.ref.get("collapse_key"), send.app
         broadcast = await self.cache.get(send.ref)
         if broadcast is None or broadcast.state == "cancelled":
             return None
@@ -98,82 +157,95 @@ class SendWorker:
         if body is None:
             if len(self._bodies) > 10_000:
                 self._bodies.clear()
-            body = self._bodies[broadcast.id] = self._body(broadcast.spec["message"])
-        return body, broadcast.spec.get("collapse_key")
+            body = self._bodies[broadcast.id] = self._message_body(broadcast.spec["message"])
+        app = send.app or (broadcast.spec.get("audience") or {}).get("app")
+        return body, broadcast.spec.get("collapse_key"), app
 
-    async def _attempt(self, task: Task) -> _Attempt:
-        send = SendTask.from_wire(task.data)
+    async def _attempt(self, task: Task, send: SendTask) -> Item:
+        b = send.ref if send.kind == "b" else None
         now = time.time()
         if now >= send.expires_at:
-            return _Attempt(task, send, EXPIRED)
+            return self._expired(task, b)
         resolved = await self._payload(send)
         if resolved is None:
-            return _Attempt(task, send, CANCELLED)
-        body, collapse_key = resolved
-        push = Push(send.token, body, ttl_s=max(1, int(send.expires_at - now)), collapse_key=collapse_key)
+            metrics.PUSHES.labels(self.platform, "cancelled").inc()
+            return ack(task.id, b, "cancelled")
+        body, collapse_key, app = resolved
+        route = self.apps.route(app or "", self.platform)
+        if route is None:
+            # Configuration changed under queued tasks (or another node
+            # knows an app this one does not): they wait, never lost.
+            log.warning("%s: no credentials for app %r here; task %d waits", self.platform, app, task.id)
+            return self._later(task, send, b, self.backoff.jittered(60.0), now)
+        probe = route.gate.paused
+        if not route.gate.admit():
+            return self._later(task, send, b, route.gate.retry_in_s(), now)
+        push = Push(send.token, body, ttl_s=max(1, int(send.expires_at - now)), collapse_key=collapse_key,
+                    topic=route.topic)
         if not send.first_attempt_at:
             send.first_attempt_at = now
         metrics.IN_FLIGHT.labels(self.platform).inc()
         started = time.monotonic()
         try:
-            outcome = await self.sender.send(push)
+            outcome = await route.sender.send(push)
         finally:
             metrics.IN_FLIGHT.labels(self.platform).dec()
         metrics.GATEWAY_LATENCY.labels(self.platform).observe(time.monotonic() - started)
-        return _Attempt(task, send, outcome.verdict.value, outcome)
+        route.gate.record(outcome.verdict, outcome.reason, probe=probe)
+        return self._verdict(task, send, b, route, outcome.verdict, outcome.reason, outcome.retry_after_s)
 
-    async def _settle(self, attempts: list[_Attempt]) -> None:
-        acks: list[int] = []
-        releases: list[tuple[int, float | None, Any]] = []
-        buries: list[tuple[_Attempt, str]] = []
-        dead_tokens: list[str] = []
-        progress: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    def _verdict(self, task: Task, send: SendTask, b: str | None, route: Route, verdict: Verdict, reason: str,
+                 retry_after_s: float | None) -> Item:
         now = time.time()
-        for a in attempts:
-            counts = progress[a.send.ref] if a.send.kind == "b" else defaultdict(int)
-            result = a.result
-            if result == Verdict.TEMPORARY:
-                assert a.outcome is not None
-                delay = self.backoff.next_delay_s(a.send.attempt + 1, now - a.send.first_attempt_at,
-                                                  a.outcome.retry_after_s)
-                if delay is not None and now + delay >= a.send.expires_at:
-                    result = EXPIRED  # it would expire before the retry
-                elif delay is not None:
-                    a.send.attempt += 1
-                    releases.append((a.task.id, delay, a.send.wire()))
-                    counts["retries"] += 1
-                    metrics.RETRIES.labels(self.platform).inc()
-                    continue
-                else:
-                    buries.append((a, f"retries spent: {a.outcome.reason}"))
-                    counts["failed"] += 1
-                    continue
-            if result == Verdict.PERMANENT:
-                assert a.outcome is not None
-                buries.append((a, a.outcome.reason))
-                counts["failed"] += 1
-                continue
-            acks.append(a.task.id)
-            if result == Verdict.DELIVERED:
-                counts["delivered"] += 1
-            elif result == Verdict.DEAD_TOKEN:
-                dead_tokens.append(a.send.token)
-                counts["dead_tokens"] += 1
-            elif result == EXPIRED:
-                counts["expired"] += 1
-                metrics.EXPIRED.labels(self.platform).inc()
-            else:
-                counts["cancelled"] += 1
-            metrics.PUSHES.labels(self.platform, result).inc()
-        if dead_tokens:
-            # Before the ack: a crash here removes a device twice, never zero times.
-            removed = await self.subscribers.remove_many(dead_tokens)
-            metrics.DEAD_TOKENS.labels(self.platform).inc(removed)
-        bury_rows = [[a.task.id, reason, {"task_id": a.task.id, "task": a.send.wire()}] for a, reason in buries]
-        release_rows = [[task_id, {"delay": delay, "data": data}] for task_id, delay, data in releases]
-        deltas = {k: dict(v) for k, v in progress.items() if v}
-        # One transaction: queue state and progress counters always agree.
-        await self.store.call("node.settle", (self.tube.name, acks, release_rows, bury_rows, deltas))
-        if buries:
-            metrics.DEAD_LETTERS.labels(self.platform).inc(len(buries))
-            metrics.PUSHES.labels(self.platform, "failed").inc(len(buries))
+        if verdict is Verdict.DELIVERED:
+            metrics.PUSHES.labels(self.platform, "delivered").inc()
+            return ack(task.id, b, "delivered")
+        if verdict is Verdict.DEAD_TOKEN:
+            if route.gate.guard.tripped:
+                return self._later(task, send, b, route.gate.retry_in_s(), now)
+            if not send.suspect:
+                send.suspect = True
+                return self._later(task, send, b, self.backoff.jittered(self.confirm_s), now)
+            metrics.PUSHES.labels(self.platform, "dead_token").inc()
+            metrics.DEAD_TOKENS.labels(self.platform).inc()
+            return ack(task.id, b, "dead_tokens", remove=send.token)
+        if verdict is Verdict.CONFIG:
+            return self._later(task, send, b, route.gate.retry_in_s(), now)
+        if verdict is Verdict.TEMPORARY:
+            delay = self.backoff.next_delay_s(send.attempt + 1, now - send.first_attempt_at, retry_after_s)
+            if delay is None:
+                metrics.DEAD_LETTERS.labels(self.platform).inc()
+                metrics.PUSHES.labels(self.platform, "failed").inc()
+                return bury(task.id, b, f"retry deadline passed: {reason}", {"task_id": task.id, "task": send.wire()})
+            send.attempt += 1
+            metrics.RETRIES.labels(self.platform).inc()
+            return self._later(task, send, b, delay, now)
+        metrics.DEAD_LETTERS.labels(self.platform).inc()
+        metrics.PUSHES.labels(self.platform, "failed").inc()
+        return bury(task.id, b, reason, {"task_id": task.id, "task": send.wire()})
+
+    def _later(self, task: Task, send: SendTask, b: str | None, delay_s: float, now: float) -> Item:
+        """Back to the queue for ``delay_s``; expired instead when the push
+        would be past its ttl by then."""
+        if now + delay_s >= send.expires_at:
+            return self._expired(task, b)
+        return release(task.id, b, "retries", delay_s, send.wire())
+
+    def _expired(self, task: Task, b: str | None) -> Item:
+        metrics.EXPIRED.labels(self.platform).inc()
+        metrics.PUSHES.labels(self.platform, "expired").inc()
+        return ack(task.id, b, "expired")
+
+
+async def _first(*aws: Any) -> None:
+    """Waits for the first of these to finish and cancels the rest."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0][:300] if str(e) else type(e).__name__

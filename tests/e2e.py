@@ -26,7 +26,10 @@ def settings_for(tmp_path: Path, **dispatch: Any) -> Settings:
         "node": s.node.model_copy(update={"gateways": "fake"}),
         "api": ApiSettings(port=0, keys=[ApiKey(key=ADMIN, scopes=["admin"]),  # type: ignore[arg-type]
                                          ApiKey(key=BACKEND, scopes=["backend"])]),  # type: ignore[arg-type]
-        "dispatch": DispatchSettings(demo_devices=0, retry_base_s=0.05, retry_cap_s=0.2, **dispatch),
+        # Retries, pauses and the dead-token confirmation in tenths of seconds.
+        "dispatch": DispatchSettings(**{"demo_devices": 0, "retry_base_s": 0.05, "retry_cap_s": 0.2,
+                                        "guard_confirm_s": 0.2, "pause_probe_s": 0.2, "pause_probe_cap_s": 1.0,
+                                        **dispatch}),
     })
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 
+from dispatcher.config import AppSettings, FcmSettings
 from dispatcher.service import Dispatcher
 from tests.conftest import apns_token, fcm_token
 from tests.e2e import ADMIN, BACKEND, MESSAGE, Client, settings_for
@@ -121,9 +122,11 @@ async def test_device_tokens_are_checked_per_platform(api: Client, node: Dispatc
     assert status == 400 and fields(body) == {"user_id", "token"}
 
 
-async def test_platform_this_node_does_not_send_to(tmp_path: Path) -> None:
+async def test_platform_no_app_sends_to(tmp_path: Path) -> None:
     s = settings_for(tmp_path)
-    d = Dispatcher(s.model_copy(update={"node": s.node.model_copy(update={"platforms": ["android"]})}))
+    # Fake gateways: the app's own credentials are replaced by the fakes'.
+    only_fcm = AppSettings(fcm=FcmSettings(service_account_path=tmp_path / "unused.json"))
+    d = Dispatcher(s.model_copy(update={"apps": {"news": only_fcm}}))
     await d.start()
     try:
         async with aiohttp.ClientSession() as http:
@@ -132,6 +135,7 @@ async def test_platform_this_node_does_not_send_to(tmp_path: Path) -> None:
             assert status == 400 and fields(body) == {"platform"}
             status, doc = await api.call("GET", "/v1/openapi.json", key=None)
             assert doc["components"]["schemas"]["DeviceIn"]["properties"]["platform"]["enum"] == ["android"]
+            assert doc["components"]["schemas"]["DeviceIn"]["properties"]["app"]["enum"] == ["news"]
             status, _ = await api.call("PUT", f"/v1/devices/{fcm_token(1)}", key=BACKEND,
                                        json={**DEVICE, "platform": "android"})
             assert status == 200

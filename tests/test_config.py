@@ -56,11 +56,17 @@ def test_config_file_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
          r"tarantool.password: Value error, must be at least 12 characters"),
         ('[tarantool]\nhost = "10.0.0.5"\n', r"tarantool.password: the built-in development password"),
         ("[tarantool\n", r"is not valid TOML"),
-        ('[apns]\ncert_path = "c.pem"\nkey_path = "k.p8"\n', r"either cert_path or key_path"),
-        ('[apns]\nkey_path = "k.p8"\nkey_id = "ABCDE12345"\nteam_id = "TEAM123456"\n', r"apns.topic .* required"),
-        ('[apns]\nkey_path = "k.p8"\nkey_id = "short"\n', r"apns.key_id: String should match"),
-        ('[apns]\ncert_path = "c.pem"\nendpoint = "staging"\n', r"apns.endpoint: String should match"),
-        ('[fcm]\nendpoint = "https://fcm.googleapis.com"\n', r"fcm.service_account_path: Field required"),
+        ('[apps.news.apns]\ncert_path = "c.pem"\nkey_path = "k.p8"\n', r"either cert_path or key_path"),
+        ('[apps.news.apns]\nkey_path = "k.p8"\nkey_id = "ABCDE12345"\nteam_id = "TEAM123456"\n',
+         r"apps.news.apns: .*apns.topic .* required"),
+        ('[apps.news.apns]\nkey_path = "k.p8"\nkey_id = "short"\n', r"apps.news.apns.key_id: String should match"),
+        ('[apps.news.apns]\ncert_path = "c.pem"\nendpoint = "staging"\n',
+         r"apps.news.apns.endpoint: String should match"),
+        ('[apps.news.fcm]\nendpoint = "https://fcm.googleapis.com"\n',
+         r"apps.news.fcm.service_account_path: Field required"),
+        ('[apps.news]\n', r"apps.news: .*an app needs \[apns\] or \[fcm\]"),
+        ('[apps."news app".fcm]\nservice_account_path = "sa.json"\n', r"apps.news app.\[key\]: String should match"),
+        ('[apns]\ncert_path = "c.pem"\n', r"apns: Extra inputs are not permitted"),
     ],
 )
 def test_errors_name_the_setting(tmp_path: Path, text: str, message: str) -> None:
@@ -76,12 +82,23 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_to_toml_round_trip(tmp_path: Path) -> None:
     from pydantic import SecretStr
 
-    from dispatcher.config import ApiKey, ApiSettings, ApnsSettings, Settings, TarantoolSettings, to_toml
+    from dispatcher.config import (
+        ApiKey,
+        ApiSettings,
+        ApnsSettings,
+        AppSettings,
+        FcmSettings,
+        Settings,
+        TarantoolSettings,
+        to_toml,
+    )
 
     settings = Settings(
         tarantool=TarantoolSettings(port=4100, password=SecretStr("a-secret-password")),
         api=ApiSettings(keys=[ApiKey(key=SecretStr("k" * 20), scopes=["admin", "backend"])]),
-        apns=ApnsSettings(cert_path=tmp_path / "c.pem", topic="com.example.news", bad_token_removes=False),
+        apps={"news": AppSettings(apns=ApnsSettings(cert_path=tmp_path / "c.pem", topic="com.example.news",
+                                                    bad_token_removes=False)),
+              "horoscope": AppSettings(fcm=FcmSettings(service_account_path=tmp_path / "sa.json"))},
     )
     path = tmp_path / "round.toml"
     path.write_text(to_toml(settings))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 
-from dispatcher.config import ApiKey, ApiSettings, DispatchSettings, to_toml
+from dispatcher.config import ApiKey, ApiSettings, AppSettings, DispatchSettings, to_toml
 from dispatcher.fakes.faults import Faults
 from dispatcher.fakes.gateways import FakeGateways
 from dispatcher.fanout import local_delay_s
@@ -92,9 +92,9 @@ async def test_kill_9_of_the_dispatcher_mid_broadcast(tmp_path: Path, gateways: 
     config.write_text(to_toml(settings.model_copy(update={
         "node": settings.node.model_copy(update={"embedded": False}),
         "api": ApiSettings(port=api_port, keys=[ApiKey(key=ADMIN, scopes=["admin"])]),  # type: ignore[arg-type]
-        "dispatch": DispatchSettings(demo_devices=0, batch=50, loops_per_platform=1),
-        "apns": fakes.credentials.apns_settings(fakes.ports["apns"], in_flight=50),
-        "fcm": fakes.credentials.fcm_settings(fakes.ports["fcm"], in_flight=50),
+        "dispatch": DispatchSettings(demo_devices=0, batch=50),
+        "apps": {"news": AppSettings(apns=fakes.credentials.apns_settings(fakes.ports["apns"], in_flight=50),
+                                     fcm=fakes.credentials.fcm_settings(fakes.ports["fcm"], in_flight=50))},
     })))
     fakes.apns.faults.set(Faults(slow_share=1.0, slow_s=0.02))
     fakes.fcm.faults.set(Faults(slow_share=1.0, slow_s=0.02))

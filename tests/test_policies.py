@@ -21,15 +21,21 @@ def test_apns_table_covers_every_documented_reason() -> None:
 @pytest.mark.parametrize(
     ("status", "reason", "verdict"),
     [(200, "", Verdict.DELIVERED), (410, "Unregistered", Verdict.DEAD_TOKEN),
-     (400, "DeviceTokenNotForTopic", Verdict.DEAD_TOKEN), (400, "BadTopic", Verdict.PERMANENT),
+     (400, "DeviceTokenNotForTopic", Verdict.DEAD_TOKEN), (400, "BadCollapseId", Verdict.PERMANENT),
      (429, "TooManyRequests", Verdict.TEMPORARY), (503, "Shutdown", Verdict.TEMPORARY),
-     (418, "Teapot", Verdict.PERMANENT), (502, "", Verdict.TEMPORARY)],
+     (418, "Teapot", Verdict.PERMANENT), (502, "", Verdict.TEMPORARY),
+     # Our credentials or settings: the app's gateway pauses.
+     *[(status, reason, Verdict.CONFIG) for status, reason in [
+         (403, "InvalidProviderToken"), (403, "ExpiredProviderToken"), (403, "Forbidden"),
+         (403, "BadCertificate"), (403, "BadCertificateEnvironment"), (400, "BadTopic"),
+         (400, "TopicDisallowed"), (400, "MissingTopic"), (403, "SomethingNew")]]],
 )
 def test_apns_outcomes(status: int, reason: str, verdict: Verdict) -> None:
     assert apns_outcome(status, reason, None).verdict is verdict
 
 
-def fcm_body(code: str | None = None, bad_request: bool = False, info: str | None = None) -> dict[str, object]:
+def fcm_body(code: str | None = None, bad_request: bool = False, info: str | None = None,
+             status: str = "X") -> dict[str, object]:
     details: list[dict[str, object]] = []
     if code:
         details.append({"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": code})
@@ -37,17 +43,29 @@ def fcm_body(code: str | None = None, bad_request: bool = False, info: str | Non
         details.append({"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": []})
     if info:
         details.append({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": info})
-    return {"error": {"code": 400, "status": "X", "details": details}}
+    return {"error": {"code": 400, "status": status, "details": details}}
 
 
 def test_fcm_invalid_argument_depends_on_the_detail() -> None:
     assert fcm_outcome(400, fcm_body("INVALID_ARGUMENT"), None).verdict is Verdict.DEAD_TOKEN
     assert fcm_outcome(400, fcm_body("INVALID_ARGUMENT", bad_request=True), None).verdict is Verdict.PERMANENT
     assert fcm_outcome(400, fcm_body(bad_request=True), None).verdict is Verdict.PERMANENT
+    # Without an FcmError about the token, the request is wrong for the project: ours.
+    assert fcm_outcome(400, fcm_body(status="INVALID_ARGUMENT"), None).verdict is Verdict.CONFIG
+    # (after the sender's one refresh and resend)
     expired = fcm_outcome(401, fcm_body(info="ACCESS_TOKEN_EXPIRED"), None)
-    assert (expired.reason, expired.verdict) == ("ACCESS_TOKEN_EXPIRED", Verdict.PERMANENT)
+    assert (expired.reason, expired.verdict) == ("ACCESS_TOKEN_EXPIRED", Verdict.CONFIG)
     assert fcm_outcome(502, None, None).verdict is Verdict.TEMPORARY
     assert fcm_outcome(429, fcm_body("QUOTA_EXCEEDED"), 5).retry_after_s == 60
+
+
+@pytest.mark.parametrize(("status", "body"), [
+    (403, fcm_body("SENDER_ID_MISMATCH")), (401, fcm_body("THIRD_PARTY_AUTH_ERROR")),
+    (401, fcm_body(status="UNAUTHENTICATED")), (403, fcm_body(status="PERMISSION_DENIED")),
+    (404, fcm_body(status="NOT_FOUND")),
+])
+def test_fcm_errors_of_our_own_pause(status: int, body: dict[str, object]) -> None:
+    assert fcm_outcome(status, body, None).verdict is Verdict.CONFIG
 
 
 def test_retry_after_parsing() -> None:
@@ -57,7 +75,7 @@ def test_retry_after_parsing() -> None:
 
 
 def test_backoff_full_jitter_within_the_exponential_ceiling() -> None:
-    policy = Backoff(base_s=1, cap_s=30, max_attempts=10, deadline_s=10_000, rng=random.Random(7))
+    policy = Backoff(base_s=1, cap_s=30, deadline_s=10_000, rng=random.Random(7))
     for attempt in range(1, 9):
         ceiling = min(30, 2 ** (attempt - 1))
         delays = [policy.delay_s(attempt) for _ in range(500)]
@@ -65,10 +83,12 @@ def test_backoff_full_jitter_within_the_exponential_ceiling() -> None:
         assert max(delays) > 0.8 * ceiling and min(delays) < 0.2 * ceiling, "spread over the whole range"
 
 
-def test_backoff_retry_after_wins_and_limits_apply() -> None:
-    policy = Backoff(base_s=1, cap_s=30, max_attempts=3, deadline_s=100, rng=random.Random(1))
-    assert policy.delay_s(5, retry_after_s=42) == 42
-    assert policy.next_delay_s(3, elapsed_s=0) is None, "attempts spent"
+def test_backoff_retry_after_wins_jittered_and_capped_and_time_bounds_it() -> None:
+    policy = Backoff(base_s=1, cap_s=30, deadline_s=100, retry_after_cap_s=60, rng=random.Random(1))
+    waits = [policy.delay_s(5, retry_after_s=42) for _ in range(200)]
+    assert all(42 <= w <= 42 * 1.2 for w in waits) and len(set(waits)) > 100, "jittered above Retry-After"
+    assert all(60 <= policy.delay_s(1, retry_after_s=3600) <= 72 for _ in range(50)), "capped"
+    assert policy.next_delay_s(50, elapsed_s=0) is not None, "no bound on the count"
     assert policy.next_delay_s(1, elapsed_s=99, retry_after_s=5) is None, "past the deadline"
     delay = policy.next_delay_s(2, elapsed_s=10)
     assert delay is not None and 0 <= delay <= 2

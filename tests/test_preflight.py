@@ -7,7 +7,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from dispatcher.config import ApiKey, ApiSettings, NodeSettings, load_settings
+from dispatcher.config import ApiKey, ApiSettings, AppSettings, NodeSettings, load_settings
 from dispatcher.errors import ConfigError
 from dispatcher.fakes.gateways import FakeGateways
 from dispatcher.preflight import refusals
@@ -24,7 +24,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_defaults_are_refused_and_say_what_is_missing() -> None:
     problems = refusals(load_settings())
-    assert [p.split(":")[0] for p in problems] == ["apns", "fcm", "api.keys"], problems
+    assert [p.split(":")[0] for p in problems] == ["apps", "api.keys"], problems
 
 
 def test_demo_mode_runs_on_the_defaults() -> None:
@@ -36,16 +36,16 @@ def test_demo_needs_the_fakes() -> None:
     assert problems[0].startswith('node.demo: demo mode sends to the fake gateways only; set node.gateways = "fake"')
 
 
-def test_a_platform_turned_off_needs_no_credentials(tmp_path: Path) -> None:
+def test_an_app_needs_credentials_for_its_platforms_only(tmp_path: Path) -> None:
     path = tmp_path / "node.toml"
-    path.write_text('[node]\nplatforms = ["android"]\n[fcm]\nservice_account_path = "sa.json"\n'
+    path.write_text('[apps.news.fcm]\nservice_account_path = "sa.json"\n'
                     '[api]\nkeys = [{key = "backend-key-0123456789", scopes = ["backend"]}]\n')
     assert refusals(load_settings(path)) == []
 
 
 def test_refusals_stop_the_dispatcher_before_anything_starts(tmp_path: Path) -> None:
     s = node_settings(tmp_path / "node")
-    with pytest.raises(ConfigError, match=r"cannot start this node: apns: missing.*fcm: missing.*api.keys"):
+    with pytest.raises(ConfigError, match=r"cannot start this node: apps: no app is configured.*api.keys"):
         Dispatcher(s)
     assert not (tmp_path / "node").exists()
 
@@ -80,15 +80,15 @@ async def test_demo_mode_seeds_devices_and_makes_a_key(tmp_path: Path) -> None:
         await node.stop()
 
 
-async def test_android_only_node_sends_to_fcm_and_refuses_ios_devices(tmp_path: Path,
-                                                                       gateways: FakeGateways) -> None:
-    """A real-gateways node with iOS turned off: no [apns] needed, no fake
-    started by the node, iOS registrations refused naming the field."""
+async def test_android_only_app_sends_to_fcm_and_refuses_ios_devices(tmp_path: Path,
+                                                                      gateways: FakeGateways) -> None:
+    """A real-gateways node whose only app has FCM credentials: no fake
+    started by the node, iOS registrations and unknown apps refused naming
+    the field."""
     s = node_settings(tmp_path / "node")
     s = s.model_copy(update={
-        "node": NodeSettings(**{**s.node.model_dump(), "platforms": ["android"]}),
         "api": ApiSettings(port=0, keys=[ApiKey(key=BACKEND, scopes=["backend"])]),  # type: ignore[arg-type]
-        "fcm": gateways.credentials.fcm_settings(gateways.ports["fcm"]),
+        "apps": {"news": AppSettings(fcm=gateways.credentials.fcm_settings(gateways.ports["fcm"]))},
     })
     node = Dispatcher(s)
     await node.start()
@@ -99,7 +99,11 @@ async def test_android_only_node_sends_to_fcm_and_refuses_ios_devices(tmp_path: 
             device = {"user_id": "u1", "platform": "ios", "app": "news"}
             status, body = await api.call("PUT", f"/v1/devices/{apns_token(1)}", key=BACKEND, json=device)
             assert status == 400 and body["fields"][0]["field"] == "platform", body
+            assert "app 'news' has no ios credentials" in body["fields"][0]["problem"], body
             device["platform"] = "android"
+            status, body = await api.call("PUT", f"/v1/devices/{fcm_token(1)}", key=BACKEND,
+                                          json={**device, "app": "weather"})
+            assert status == 400 and body["fields"][0]["field"] == "app", body
             status, body = await api.call("PUT", f"/v1/devices/{fcm_token(1)}", key=BACKEND, json=device)
             assert status == 200, body
     finally:

@@ -5,14 +5,14 @@ there."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from dispatcher.api.inputs import MAX_BODY_BYTES, MAX_DEPTH, MAX_INT_DIGITS
-from dispatcher.api.models import DeviceIn
+from dispatcher.api.models import AudienceIn, DeviceIn
 from dispatcher.api.routes import Route, answers
 from dispatcher.messages import RESERVED_DATA_KEYS, Message
 
@@ -89,14 +89,17 @@ def _operation(route: Route) -> dict[str, Any]:
     return op
 
 
-def document(routes: Sequence[Route], platforms: frozenset[str]) -> dict[str, Any]:
-    """The document for a node that sends to ``platforms``."""
+def document(routes: Sequence[Route], apps: Mapping[str, frozenset[str]]) -> dict[str, Any]:
+    """The document for a node that sends for ``apps`` (name -> platforms)."""
     inputs, outputs = _models(routes)
     _, top = models_json_schema([(m, "validation") for m in inputs] + [(m, "serialization") for m in outputs],
                                 ref_template=REF)
     schemas: dict[str, Any] = top.get("$defs", {})
-    # Registration refuses a platform this node does not send to.
-    schemas[DeviceIn.__name__]["properties"]["platform"]["enum"] = sorted(platforms)
+    # Registration and broadcasts refuse an app this node has no credentials
+    # for, and a platform no app sends to.
+    schemas[DeviceIn.__name__]["properties"]["platform"]["enum"] = sorted(set().union(*apps.values()))
+    schemas[DeviceIn.__name__]["properties"]["app"]["enum"] = sorted(apps)
+    schemas[AudienceIn.__name__]["properties"]["app"]["enum"] = sorted(apps)
     # messages.py refuses data keys the gateways reserve (in a validator,
     # which pydantic cannot turn into a schema).
     data = schemas[Message.__name__]["properties"]["data"]

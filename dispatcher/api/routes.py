@@ -124,10 +124,11 @@ class _SingleFlight:
 class Api:
     def __init__(self, settings: ApiSettings, keys: dict[str, set[str]], queue: Queue,
                  subscribers: Subscribers, broadcasts: Broadcasts, peers: Peers | None = None,
-                 platforms: frozenset[str] = frozenset({"ios", "android"}),
+                 apps: Mapping[str, frozenset[str]] | None = None,
                  memtx_quota_bytes: int = 256 * 2**20) -> None:
         self.settings = settings
-        self.platforms = platforms
+        # app -> the platforms it has credentials for
+        self.apps = apps if apps is not None else {"news": frozenset({"ios", "android"})}
         self.peers = peers
         self.keys = Keys(keys)
         self.queue = queue
@@ -188,9 +189,7 @@ class Api:
     async def put_device(self, request: web.Request, args: Args) -> web.StreamResponse:
         device = args.model(DeviceIn)
         token: str = args.params["token"]
-        if device.platform not in self.platforms:
-            raise invalid("platform", f"this node does not send to {device.platform}; it sends to "
-                                      + ", ".join(sorted(self.platforms)))
+        self._check_app(device.app, device.platform)
         if not re.fullmatch(TOKEN_PATTERNS[device.platform], token):
             raise invalid("token", TOKEN_RULES[device.platform])
         await self.pressure.admit(args.body_bytes + len(token) + ROW_OVERHEAD_BYTES)
@@ -221,7 +220,7 @@ class Api:
         ref = {"message": push.message.model_dump(), "collapse_key": push.collapse_key}
         expires_at = time.time() + push.ttl_s
         for platform in ("ios", "android"):
-            items = [SendTask("m", ref, d.token, d.platform, expires_at).wire() for d in devices
+            items = [SendTask("m", ref, d.token, d.platform, expires_at, app=d.app).wire() for d in devices
                      if d.platform == platform]
             if items:
                 await self.queue.tube(platform).put_many(items)
@@ -232,6 +231,7 @@ class Api:
     async def post_broadcast(self, request: web.Request, args: Args) -> web.StreamResponse:
         key: str = args.params["Idempotency-Key"]
         spec = args.model(BroadcastIn)
+        self._check_app(spec.audience.app, spec.audience.platform, field="audience.app")
         await self.pressure.admit(2 * (args.body_bytes + ROW_OVERHEAD_BYTES), tasks=1)
         start_in_s = max(0.0, spec.send_at.timestamp() - time.time()) if spec.send_at else 0.0
         stored = json.loads(spec.model_dump_json())
@@ -240,6 +240,16 @@ class Api:
         if created:
             metrics.BROADCASTS.labels("created").inc()
         return web.json_response(await self._status(broadcast))
+
+    def _check_app(self, app: str, platform: str | None, field: str = "app") -> None:
+        """Refuses an app this node has no credentials for, or a platform
+        the app has none for: its pushes could never go out."""
+        platforms = self.apps.get(app)
+        if platforms is None:
+            raise invalid(field, f"no app {app!r} is configured on this node; apps: " + ", ".join(sorted(self.apps)))
+        if platform is not None and platform not in platforms:
+            raise invalid("platform", f"app {app!r} has no {platform} credentials on this node; it sends to "
+                                      + ", ".join(sorted(platforms)))
 
     async def _status(self, b: Broadcast, progress: dict[str, int] | None = None) -> dict[str, Any]:
         if progress is None:
@@ -319,7 +329,7 @@ class Api:
         if self._document is None:
             from dispatcher.api.openapi import document
 
-            self._document = json.dumps(document(ROUTES, self.platforms)).encode()
+            self._document = json.dumps(document(ROUTES, self.apps)).encode()
         return web.Response(body=self._document, content_type="application/json")
 
     async def docs_page(self, request: web.Request, args: Args) -> web.StreamResponse:

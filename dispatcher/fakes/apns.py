@@ -5,7 +5,8 @@ against the key, key id, team id and age) or a client certificate; the
 header, token and payload checks with Apple's status codes and
 ``{"reason": ...}`` bodies; ``apns-id`` echoed on every answer; 410 with a
 timestamp. A token-auth client that mints provider tokens too often gets
-429 TooManyProviderTokenUpdates, as from Apple.
+429 TooManyProviderTokenUpdates, as from Apple. Accepted pushes are counted
+per topic (app), with the tokens each topic sent to.
 """
 
 from __future__ import annotations
@@ -64,19 +65,30 @@ class FakeApns:
         self.key_id = credentials.apns_key_id
         self.team_id = credentials.apns_team_id
         self.topics = topics
-        self.faults = FaultState(faults or Faults())
+        self.faults = FaultState(faults or Faults(), "apns")
         self.counters = Counters()
         self.latest_iat: int | None = None
+        # A refusal fault answered ExpiredProviderToken: the client's next,
+        # fresh token is the refresh Apple asks for, not one too many.
+        self.refresh_due = False
         tls = server_tls(str(credentials.server_cert_path), str(credentials.ca_path))
         self.server = H2Server(self.handle, tls, self.faults.connection_faults)
+
+    @property
+    def tokens_by_topic(self) -> dict[str, set[str]]:
+        return self.counters.tokens_by_app
 
     async def handle(self, request: Request) -> Response:
         self.counters.requests += 1
         apns_id = request.header("apns-id") or str(uuid.uuid4())
         try:
-            token, push_type = self._check(request)
+            token, topic = self._check(request)
         except Reject as r:
             return self._reject(r.reason, apns_id)
+        refusal = self.faults.refusal(topic)
+        if refusal is not None:
+            self.refresh_due = refusal == "ExpiredProviderToken"
+            return self._reject(refusal, apns_id)
         await self.faults.maybe_slow()
         n = self.faults.next_request()
         if self.faults.throttled(n):
@@ -90,7 +102,7 @@ class FakeApns:
             return self._reject(answer, apns_id)
         if self.faults.is_dead(token):
             return self._reject("Unregistered", apns_id)
-        self.counters.accepted[token] += 1
+        self.counters.accept(token, topic)
         return Response(200, [("apns-id", apns_id)])
 
     def _reject(self, reason: str, apns_id: str, headers: list[tuple[str, str]] | None = None,
@@ -104,7 +116,7 @@ class FakeApns:
                         json.dumps(body).encode())
 
     def _check(self, request: Request) -> tuple[str, str]:
-        """Apple's request checks; returns the device token and push type."""
+        """Apple's request checks; returns the device token and the topic."""
         if request.method != "POST":
             raise Reject("MethodNotAllowed")
         if not request.path.startswith("/3/device/"):
@@ -143,7 +155,15 @@ class FakeApns:
         if not TOKEN.match(token):
             raise Reject("BadDeviceToken")
         self._check_payload(request.body, push_type)
-        return token.lower(), push_type
+        return token.lower(), topic or self._certificate_topic(request)
+
+    @staticmethod
+    def _certificate_topic(request: Request) -> str:
+        """With certificate auth and no apns-topic, Apple takes the
+        certificate's topic: ours name it as their DNS name."""
+        cert = request.connection.peer_certificate or {}
+        names = [value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS"]
+        return names[0] if names else ""
 
     def _check_payload(self, body: bytes, push_type: str) -> None:
         if not body:
@@ -178,10 +198,11 @@ class FakeApns:
             raise Reject("ExpiredProviderToken")
         if self.latest_iat is None or iat > self.latest_iat:
             too_soon = min(MIN_TOKEN_REFRESH_S, self.faults.faults.token_ttl_s // 3)
-            if self.latest_iat is not None and iat - self.latest_iat < too_soon:
+            if self.latest_iat is not None and iat - self.latest_iat < too_soon and not self.refresh_due:
                 verified.pop(token)
                 raise Reject("TooManyProviderTokenUpdates")
             self.latest_iat = iat
+            self.refresh_due = False
 
     def _verify_jwt(self, token: str) -> int:
         try:

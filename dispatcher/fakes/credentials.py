@@ -1,8 +1,9 @@
 """Key material for the fakes: a CA and a server certificate, an APNs signing
-key (.p8) with its key id and team id, and an FCM service-account file whose
-token_uri points at the fake OAuth endpoint. Written into one directory so
-that a sender can be configured from the paths alone. Private keys are keys,
-fake or not: the directory and every file are their owner's alone."""
+key (.p8) with its key id and team id, and one FCM service-account file per
+fake project (its own key and client_email), whose token_uri points at the
+fake OAuth endpoint. Written into one directory so that a sender can be
+configured from the paths alone. Private keys are keys, fake or not: the
+directory and every file are their owner's alone."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from dispatcher.config import ApnsSettings, FcmSettings
 from dispatcher.files import private_dir, write_private
 
 _ID_CHARS = string.ascii_uppercase + string.digits
+# The fake FCM's projects, one per demo app. The first is the one callers
+# that know a single project get (fcm_project_id, fcm_service_account_path).
+FCM_PROJECTS = ("fake-news", "fake-horoscope")
 
 
 def _ten_chars() -> str:
@@ -36,23 +40,30 @@ class FakeCredentials:
     apns_key_path: Path
     apns_key_id: str
     apns_team_id: str
-    fcm_service_account_path: Path
-    fcm_project_id: str
+    fcm_projects: dict[str, Path]  # project id -> its service-account file
 
     @classmethod
     def from_directory(cls, directory: Path, apns_key_id: str, apns_team_id: str) -> FakeCredentials:
         """The credentials another process (``dispatcher fake-gateways``) wrote."""
         return cls(directory, directory / "ca.pem", directory / "server.pem", directory / "apns-client.pem",
                    directory / f"AuthKey_{apns_key_id}.p8", apns_key_id, apns_team_id,
-                   directory / "fcm-service-account.json", "fake-project")
+                   {project: fcm_account_path(directory, project) for project in FCM_PROJECTS})
+
+    @property
+    def fcm_project_id(self) -> str:
+        return FCM_PROJECTS[0]
+
+    @property
+    def fcm_service_account_path(self) -> Path:
+        return self.fcm_projects[FCM_PROJECTS[0]]
 
     def apns_public_key(self) -> ec.EllipticCurvePublicKey:
         key = serialization.load_pem_private_key(self.apns_key_path.read_bytes(), password=None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         return key.public_key()
 
-    def fcm_service_account(self) -> dict[str, str]:
-        account: dict[str, str] = json.loads(self.fcm_service_account_path.read_text())
+    def fcm_service_account(self, project: str = FCM_PROJECTS[0]) -> dict[str, str]:
+        account: dict[str, str] = json.loads(self.fcm_projects[project].read_text())
         return account
 
     def apns_settings(self, port: int, **overrides: Any) -> ApnsSettings:
@@ -62,21 +73,23 @@ class FakeCredentials:
                                   "endpoint": f"127.0.0.1:{port}", "ca_path": self.ca_path}
         return ApnsSettings(**{**fields, **overrides})
 
-    def fcm_settings(self, port: int, **overrides: Any) -> FcmSettings:
-        """Sender settings for the fake FCM on ``port`` with this service account."""
-        fields: dict[str, Any] = {"service_account_path": self.fcm_service_account_path, "ca_path": self.ca_path,
+    def fcm_settings(self, port: int, project: str = FCM_PROJECTS[0], **overrides: Any) -> FcmSettings:
+        """Sender settings for the fake FCM on ``port`` with ``project``'s
+        service account."""
+        fields: dict[str, Any] = {"service_account_path": self.fcm_projects[project], "ca_path": self.ca_path,
                                   "endpoint": f"https://127.0.0.1:{port}"}
         return FcmSettings(**{**fields, **overrides})
 
     def set_token_uri(self, token_uri: str) -> None:
-        """Points the service account at the fake OAuth endpoint (known only
-        once that server listens)."""
-        account = self.fcm_service_account()
-        account["token_uri"] = token_uri
-        write_private(self.fcm_service_account_path, json.dumps(account, indent=2))
+        """Points every service account at the fake OAuth endpoint (known
+        only once that server listens)."""
+        for project, path in self.fcm_projects.items():
+            account = self.fcm_service_account(project)
+            account["token_uri"] = token_uri
+            write_private(path, json.dumps(account, indent=2))
 
-    def fcm_public_key(self) -> rsa.RSAPublicKey:
-        pem = self.fcm_service_account()["private_key"].encode()
+    def fcm_public_key(self, project: str = FCM_PROJECTS[0]) -> rsa.RSAPublicKey:
+        pem = self.fcm_service_account(project)["private_key"].encode()
         key = serialization.load_pem_private_key(pem, password=None)
         assert isinstance(key, rsa.RSAPrivateKey)
         return key.public_key()
@@ -103,19 +116,29 @@ def make_credentials(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "lo
                                serialization.NoEncryption())
     )
 
-    project_id = "fake-project"
-    fcm_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    projects = {project: _write_service_account(directory, project) for project in FCM_PROJECTS}
+    return FakeCredentials(directory, ca_path, server_cert_path, client_cert_path, apns_key_path, key_id, team_id,
+                           projects)
+
+
+def fcm_account_path(directory: Path, project: str) -> Path:
+    # The first project's file keeps the name it had when there was one.
+    suffix = "" if project == FCM_PROJECTS[0] else f"-{project}"
+    return directory / f"fcm-service-account{suffix}.json"
+
+
+def _write_service_account(directory: Path, project: str) -> Path:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     account = {
         "type": "service_account",
-        "project_id": project_id,
+        "project_id": project,
         "private_key_id": secrets.token_hex(20),
-        "private_key": fcm_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                             serialization.NoEncryption()).decode(),
-        "client_email": f"dispatcher@{project_id}.iam.gserviceaccount.com",
+        "private_key": key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()).decode(),
+        "client_email": f"dispatcher@{project}.iam.gserviceaccount.com",
         "client_id": str(secrets.randbelow(10**20)),
         "token_uri": "https://oauth2.googleapis.com/token",
     }
-    account_path = directory / "fcm-service-account.json"
-    write_private(account_path, json.dumps(account, indent=2))
-    return FakeCredentials(directory, ca_path, server_cert_path, client_cert_path, apns_key_path, key_id, team_id,
-                           account_path, project_id)
+    path = fcm_account_path(directory, project)
+    write_private(path, json.dumps(account, indent=2))
+    return path

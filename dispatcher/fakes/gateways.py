@@ -13,9 +13,9 @@ from pydantic import ValidationError
 
 from dispatcher.fakes.apns import FakeApns
 from dispatcher.fakes.credentials import FakeCredentials, make_credentials
-from dispatcher.fakes.faults import Faults
+from dispatcher.fakes.faults import Counters, Faults
 from dispatcher.fakes.fcm import FakeFcm
-from dispatcher.fakes.h2server import server_tls
+from dispatcher.fakes.h2server import H2Server, server_tls
 
 
 class FakeGateways:
@@ -63,11 +63,17 @@ class FakeGateways:
 
     def stats(self) -> dict[str, Any]:
         return {
-            "apns": {**self.apns.counters.snapshot(), "goaways": self.apns.server.goaways,
-                     "dropped_connections": self.apns.server.dropped},
-            "fcm": {**self.fcm.counters.snapshot(), "goaways": self.fcm.server.goaways,
-                    "dropped_connections": self.fcm.server.dropped, "oauth_tokens_issued": self.fcm.tokens_issued},
+            "apns": {**self._gateway_stats(self.apns.counters, self.apns.server),
+                     "accepted_by_topic": dict(self.apns.counters.accepted_by_app)},
+            "fcm": {**self._gateway_stats(self.fcm.counters, self.fcm.server),
+                    "accepted_by_project": dict(self.fcm.counters.accepted_by_app),
+                    "oauth_tokens_issued": self.fcm.tokens_issued},
         }
+
+    @staticmethod
+    def _gateway_stats(counters: Counters, server: H2Server) -> dict[str, Any]:
+        return {**counters.snapshot(), "goaways": server.goaways, "dropped_connections": server.dropped,
+                "connections": server.tcp_connections, "refused_connections": server.refused}
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
@@ -77,7 +83,7 @@ class FakeGateways:
         if gateway not in ("apns", "fcm"):
             return web.json_response({"error": f"no gateway {gateway!r}; apns or fcm"}, status=404)
         try:
-            faults = Faults.model_validate(await request.json())
+            faults = Faults.model_validate(await request.json(), context={"gateway": gateway})
         except (ValueError, ValidationError) as e:
             return web.json_response({"error": str(e)}, status=400)
         (self.apns if gateway == "apns" else self.fcm).faults.set(faults)
@@ -93,8 +99,9 @@ class FakeGateways:
         return "\n".join([
             f"fake APNs:  https://{self.host}:{self.ports['apns']}  (key {c.apns_key_path}, "
             f"key id {c.apns_key_id}, team id {c.apns_team_id})",
-            f"fake FCM:   https://{self.host}:{self.ports['fcm']}  (project {c.fcm_project_id}, "
-            f"service account {c.fcm_service_account_path})",
+            # Every project on this one line: readers of this output count lines.
+            f"fake FCM:   https://{self.host}:{self.ports['fcm']}  ("
+            + "; ".join(f"project {p}, service account {path}" for p, path in c.fcm_projects.items()) + ")",
             f"OAuth:      {self.fcm.token_uri}",
             f"CA:         {c.ca_path}",
             f"stats:      http://{self.host}:{self.ports['stats']}/stats",

@@ -6,15 +6,17 @@ TLS with or without ALPN (aioapns offers none), SETTINGS with a
 MAX_CONCURRENT_STREAMS limit, real flow control in both directions (it
 acknowledges what it receives, and sends response bodies only as far as the
 client's window allows, so a client that never acknowledges stalls as it
-would against Apple), GOAWAY, and connections dropped without a word.
+would against Apple), GOAWAY, connections dropped without a word, and
+connections refused (closed as they arrive, before TLS).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -65,11 +67,12 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 @dataclass
 class ConnectionFaults:
-    """What happens to each connection: GOAWAY or a silent drop once it has
-    received so many requests (None: never)."""
+    """What happens to each connection: refused as it arrives, or GOAWAY or a
+    silent drop once it has received so many requests (None: never)."""
 
     goaway_after: int | None = None
     drop_after: int | None = None
+    refuse: bool = False
 
 
 def server_tls(cert_chain_path: str, ca_path: str | None = None, alpn: list[str] | None = None) -> ssl.SSLContext:
@@ -254,20 +257,54 @@ class H2Server:
         self.connection_faults = connection_faults
         self.max_concurrent_streams = max_concurrent_streams
         self.connections: set[H2ServerProtocol] = set()
+        self.tcp_connections = 0  # every connection accepted, refused ones included
+        self.refused = 0
         self.goaways = 0
         self.dropped = 0
-        self._server: asyncio.base_events.Server | None = None
+        self._listener: socket.socket | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: H2ServerProtocol(self), host, port, ssl=self.tls)
-        bound: int = self._server.sockets[0].getsockname()[1]
+        # Our own accept loop rather than create_server(ssl=...), which starts
+        # TLS on every connection: a refused one must close before TLS.
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        self._listener = socket.create_server((host, port), family=family, backlog=1024)
+        self._listener.setblocking(False)
+        self._spawn(self._accept(self._listener))
+        bound: int = self._listener.getsockname()[1]
         return bound
 
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            sock, _ = await loop.sock_accept(listener)
+            self.tcp_connections += 1
+            if self.connection_faults().refuse:
+                self.refused += 1
+                sock.close()
+            else:
+                self._spawn(self._handshake(sock))
+
+    async def _handshake(self, sock: socket.socket) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: H2ServerProtocol(self), sock, ssl=self.tls, ssl_handshake_timeout=10)
+        except (OSError, TimeoutError) as e:  # ssl.SSLError is an OSError
+            log.info("fake gateway: TLS handshake failed: %s", e)
+            sock.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for connection in list(self.connections):
-                if connection.transport is not None:
-                    connection.transport.abort()
-            await self._server.wait_closed()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._listener is not None:
+            self._listener.close()
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.abort()
+        await asyncio.sleep(0)  # lets the aborted transports close their sockets
