@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -40,6 +41,7 @@ from aioapns.exceptions import ConnectionClosed, MaxAttemptsExceeded
 from aioapns.exceptions import ConnectionError as ApnsConnectionError
 from jh2 import connection as jh2_connection
 from jh2 import events as jh2_events
+from jh2.errors import ErrorCodes
 from jh2.exceptions import ProtocolError as H2ProtocolError
 
 from dispatcher.backoff import ReconnectDelay
@@ -178,7 +180,17 @@ class _Protocol(APNsTLSClientProtocol):
             # The connection closed under us: the pool retries elsewhere.
             raise ConnectionClosed(str(e)) from None
         except asyncio.CancelledError:
+            # Timed out: forget it, and reset its stream, or the stream would
+            # count against the server's concurrency limit until the
+            # connection dies of too many streams.
             self.requests.pop(request.notification_id, None)
+            for stream_id, notification_id in list(self.request_streams.items()):
+                if notification_id == request.notification_id:
+                    del self.request_streams[stream_id]
+                    self._bodies.pop(stream_id, None)
+                    with contextlib.suppress(H2ProtocolError):
+                        self.conn.reset_stream(stream_id, ErrorCodes.CANCEL)
+                        self.flush()
             raise
 
 

@@ -35,6 +35,12 @@ from dispatcher.subscribers import Subscribers
 UP_MARK = " is up"
 
 
+# One process serves the fake gateways to every node of the cluster, on a
+# machine that also runs the nodes: a window per sender that it answers
+# well within request_timeout_s (real gateways take the default 1,000).
+FAKE_IN_FLIGHT = 250
+
+
 def _ports(base: int, count: int) -> list[int]:
     if base:
         return [base + i for i in range(count)]
@@ -67,7 +73,8 @@ def cluster_settings(directory: Path, count: int, tarantool_base: int, http_base
             api=ApiSettings(keys=[key]).model_dump(exclude_defaults=True),
             # Devices replicate: one node's count is all of them (cluster_up seeds them).
             dispatch={"demo_devices": demo_devices if i == 0 else 0},
-            apps={name: app.model_dump(exclude_defaults=True) for name, app in fake_apps(fakes, {}).items()},
+            apps={name: app.model_dump(exclude_defaults=True)
+                  for name, app in fake_apps(fakes, {}, in_flight=FAKE_IN_FLIGHT).items()},
             cluster=cluster.model_dump(),
         )
         for i, n in enumerate(nodes)

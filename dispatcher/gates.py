@@ -38,6 +38,10 @@ class RemovalGuard:
         self._recent: deque[bool] = deque(maxlen=min_sends)
         self._dead = 0
 
+    def reset(self) -> None:
+        self._recent.clear()
+        self._dead = 0
+
     def record(self, dead: bool) -> None:
         if len(self._recent) == self._recent.maxlen and self._recent[0]:
             self._dead -= 1
@@ -77,6 +81,8 @@ class Gate:
         """Seconds until a send may go out (0 when sending, or a probe is due)."""
         if self.cause is None:
             return 0.0
+        if self._probing:  # its answer sets the next one
+            return self._interval
         return max(0.0, self._probe_at - self._clock())
 
     def admit(self) -> bool:
@@ -95,8 +101,10 @@ class Gate:
         """How long a task that met this gate paused waits in the queue."""
         return self.backoff.jittered(max(self.probe_in_s(), self._interval))
 
-    def record(self, verdict: Verdict, reason: str, probe: bool = False) -> None:
-        """What the gateway said to one push."""
+    def record(self, verdict: Verdict, reason: str, probe: bool = False, confirming: bool = False) -> None:
+        """What the gateway said to one push. ``confirming``: a resend to a
+        token already called dead once; the guard does not count it again
+        (confirmations come back together and would trip it on their own)."""
         if probe:
             self._probing = False
         if verdict is Verdict.CONFIG:
@@ -109,16 +117,17 @@ class Gate:
                 self.pause("outage", f"{self._failures} failures in a row, the last {reason}")
         else:
             self._failures = 0
-            if verdict is Verdict.DEAD_TOKEN:
-                self.guard.record(True)
-                if self.guard.tripped:
-                    self.pause("guard", f"dead tokens in {self.guard.share:.0%} of the last verdicts",
-                               again=probe)
-                    return
-            else:
-                self.guard.record(False)
-            if self.cause is not None and (probe or self.cause != "guard"):
-                self._resume()
+            dead = verdict is Verdict.DEAD_TOKEN
+            if not confirming:
+                self.guard.record(dead)
+            if dead and self.guard.tripped:
+                self.pause("guard", f"dead tokens in {self.guard.share:.0%} of the last verdicts", again=probe)
+            elif self.cause == "guard":
+                # Only a probe delivered says the mix-up is over.
+                if probe and verdict is Verdict.DELIVERED:
+                    self._resume()
+            elif self.cause is not None:
+                self._resume()  # the gateway answers, and takes our credentials
 
     def pause(self, cause: Cause, reason: str, again: bool = False) -> None:
         """Pauses the gate (or, ``again``, keeps it paused after a failed
@@ -128,7 +137,7 @@ class Gate:
         if self.cause is None:
             self._interval = self.probe_s
             log.error("%s %s gateway paused (%s): %s; tasks wait in the queue, no device is removed, "
-                      "probing every %.0f s or so", self.app, self.platform, cause, reason, self._interval)
+                      "probing every %g s or so", self.app, self.platform, cause, reason, self._interval)
             metrics.GATE_PAUSES.labels(self.app, self.platform, cause).inc()
             if cause == "guard":
                 metrics.GUARD_TRIPS.labels(self.app, self.platform).inc()
@@ -144,6 +153,10 @@ class Gate:
                     self.reason)
         assert self.cause is not None
         metrics.GATE_PAUSED.remove(self.app, self.platform, self.cause)
+        if self.cause == "guard":
+            # The dead verdicts that tripped it would trip it again at the
+            # next ordinary dead token.
+            self.guard.reset()
         self.cause, self.reason = None, ""
         self._failures = 0
         self._interval = self.probe_s

@@ -76,9 +76,15 @@ class Tube:
         body = await self._store.call(self._fn["take"], args)
         return Task(*body[0]) if body else None
 
-    async def take_many(self, count: int, timeout_s: float = 0) -> list[Task]:
-        """Up to ``count`` ready tasks, waiting up to ``timeout_s`` for the first."""
-        body = await self._store.call(self._fn["take_many"], (count, timeout_s))
+    async def take_many(self, count: int, timeout_s: float = 0, give_up_at: float | None = None) -> list[Task]:
+        """Up to ``count`` ready tasks, waiting up to ``timeout_s`` for the
+        first. ``give_up_at`` (epoch seconds): Tarantool takes nothing after
+        then, so a call this client has stopped waiting for (its request
+        timeout) cannot hold tasks that nobody sees."""
+        args: tuple[Any, ...] = (count, timeout_s)
+        if give_up_at is not None:
+            args = (count, timeout_s, {"give_up_at": give_up_at})
+        body = await self._store.call(self._fn["take_many"], args)
         return [Task(*t) for t in body[0]]
 
     async def ack(self, task_id: int) -> Task:

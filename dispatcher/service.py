@@ -8,6 +8,7 @@ import asyncio
 import logging
 import secrets
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -157,8 +158,9 @@ class Dispatcher:
             await asyncio.to_thread(self.tarantool.stop)
 
 
-def fake_apps(fakes: FakeGateways, configured: dict[str, AppSettings]) -> dict[str, AppSettings]:
-    """The apps, with the fakes' credentials in place of their own."""
+def fake_apps(fakes: FakeGateways, configured: dict[str, AppSettings], **overrides: Any) -> dict[str, AppSettings]:
+    """The apps, with the fakes' credentials in place of their own (and
+    ``overrides`` for every sender's settings)."""
     creds = fakes.credentials
     projects = list(creds.fcm_projects)
     wanted: dict[str, AppSettings | None] = {**configured} or dict.fromkeys(DEMO_APPS)
@@ -167,10 +169,10 @@ def fake_apps(fakes: FakeGateways, configured: dict[str, AppSettings]) -> dict[s
         apns = fcm = None
         if app is None or app.apns is not None:
             topic = app.apns.topic if app is not None and app.apns is not None else None
-            apns = creds.apns_settings(fakes.ports["apns"], topic=topic or f"com.example.{name}")
+            apns = creds.apns_settings(fakes.ports["apns"], topic=topic or f"com.example.{name}", **overrides)
         if app is None or app.fcm is not None:
             project = f"fake-{name}" if f"fake-{name}" in projects else projects[0]
-            fcm = creds.fcm_settings(fakes.ports["fcm"], project=project)
+            fcm = creds.fcm_settings(fakes.ports["fcm"], project=project, **overrides)
         out[name] = AppSettings(apns=apns, fcm=fcm)
     return out
 

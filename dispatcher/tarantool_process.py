@@ -43,6 +43,7 @@ def node_environment(settings: Settings) -> dict[str, str]:
         "NODE_MEMTX_MEMORY_MB": str(node.memtx_memory_mb),
         "NODE_DISPATCHER_PASSWORD": tnt.password.get_secret_value(),
         "NODE_PEERS": ",".join(node.peers),
+        "NODE_TASK_TTR_S": str(settings.dispatch.task_ttr_s),
     }
     if node.replicator_password is not None:
         env["NODE_REPLICATOR_PASSWORD"] = node.replicator_password.get_secret_value()

@@ -72,6 +72,10 @@ class SendPipeline:
         self.settler = Settler(store, tube.name, dispatch.settle_batch, dispatch.settle_interval_s)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
+        # Tasks in a row that met a paused gate: at a take's worth, the
+        # queue holds the paused apps' tasks, and taking them only to put
+        # them back is churn. Then take as when every gate is paused.
+        self._met_paused = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         # The settler outlives the sends: what they conclude still lands.
@@ -92,13 +96,14 @@ class SendPipeline:
                 self._slot_freed.clear()
                 await _first(self._slot_freed.wait(), stop.wait())
                 continue
-            gates = self.apps.gates(self.platform)
-            if gates and all(g.paused for g in gates):
-                wait = min(g.probe_in_s() for g in gates)
-                if wait > 0:  # every app's gateway is paused: take nothing but probes
-                    await _first(asyncio.sleep(min(wait, IDLE_CHECK_S)), stop.wait())
-                    continue
-                free = 1  # the probe
+            paused = [g for g in self.apps.gates(self.platform) if g.paused]
+            if paused and (len(paused) == len(self.apps.gates(self.platform)) or self._met_paused >= self.take_at):
+                # Take nothing but one task at a time: a probe when one is due.
+                wait = min(g.probe_in_s() for g in paused)
+                await _first(asyncio.sleep(min(wait, IDLE_CHECK_S)), stop.wait())
+                if stop.is_set():
+                    break
+                free = 1
             try:
                 tasks = await self.tube.take_many(min(free, self.batch), timeout_s=0.5,
                                                   give_up_at=time.time() + self.request_timeout_s - 1)
@@ -179,7 +184,10 @@ class SendPipeline:
             return self._later(task, send, b, self.backoff.jittered(60.0), now)
         probe = route.gate.paused
         if not route.gate.admit():
+            self._met_paused += 1
             return self._later(task, send, b, route.gate.retry_in_s(), now)
+        if not probe:
+            self._met_paused = 0
         push = Push(send.token, body, ttl_s=max(1, int(send.expires_at - now)), collapse_key=collapse_key,
                     topic=route.topic)
         if not send.first_attempt_at:
@@ -191,7 +199,7 @@ class SendPipeline:
         finally:
             metrics.IN_FLIGHT.labels(self.platform).dec()
         metrics.GATEWAY_LATENCY.labels(self.platform).observe(time.monotonic() - started)
-        route.gate.record(outcome.verdict, outcome.reason, probe=probe)
+        route.gate.record(outcome.verdict, outcome.reason, probe=probe, confirming=send.suspect)
         return self._verdict(task, send, b, route, outcome.verdict, outcome.reason, outcome.retry_after_s)
 
     def _verdict(self, task: Task, send: SendTask, b: str | None, route: Route, verdict: Verdict, reason: str,

@@ -92,6 +92,11 @@ box.cfg({
 
 subscribers.node_name = cfg.name
 broadcasts.node_name = cfg.name
+-- A finite ttr on the dispatcher's tubes: whatever a stalled or vanished
+-- dispatcher holds is ready again after task_ttr_s, session or not.
+for _, t in ipairs(schema.TUBES) do
+    queue.set_local_opts(t[1], {ttr = cfg.task_ttr_s})
+end
 -- Schema and users replicate: one node changes them (the replica set's
 -- first member), the others wait for its changes, so two nodes never run
 -- the same DDL at once.

@@ -46,10 +46,10 @@ async def test_every_apple_reason_gets_its_verdict(sender: ApnsSender, gateways:
     gateways.apns.faults.set(Faults(answers={apns_token(7): reason}))
     outcome = await sender.send(push(7))
     if reason == "ExpiredProviderToken":
-        # A new token and one resend; how Apple answers that resend depends on
-        # how soon after the last one the new token came (the next test).
+        # A new token and one resend; still expired after that refresh, the
+        # key itself is at fault: our configuration, not the device.
         assert sender.provider is not None and sender.provider.minted == 2
-        assert outcome.verdict is Verdict.TEMPORARY
+        assert (outcome.reason, outcome.verdict) == ("ExpiredProviderToken", Verdict.CONFIG)
         return
     assert (outcome.status, outcome.reason) == (REASON_STATUS[reason], reason)
     assert outcome.verdict is APNS[(REASON_STATUS[reason], reason)]
@@ -63,7 +63,7 @@ async def test_every_apple_reason_gets_its_verdict(sender: ApnsSender, gateways:
         ({"payload": {"no_aps": 1}}, "PayloadEmpty", Verdict.PERMANENT),
         ({"collapse_key": "c" * 65}, "BadCollapseId", Verdict.PERMANENT),
         ({"push_type": "background"}, "BadPriority", Verdict.PERMANENT),  # background needs priority 5
-        ({"topic": "com.other.app"}, "TopicDisallowed", Verdict.PERMANENT),
+        ({"topic": "com.other.app"}, "TopicDisallowed", Verdict.CONFIG),
         ({"push_id": "not-a-uuid"}, "BadMessageId", Verdict.PERMANENT),
     ],
 )
@@ -217,13 +217,13 @@ async def test_all_connections_share_one_provider_token(gateways: FakeGateways) 
     assert sender.provider is not None and sender.provider.minted == 1
 
 
-async def test_wrong_team_id_is_a_permanent_auth_error(gateways: FakeGateways) -> None:
+async def test_wrong_team_id_is_our_configuration_error(gateways: FakeGateways) -> None:
     sender = ApnsSender(apns_settings_for(gateways).model_copy(update={"team_id": "ABCDEFGHIJ"}))
     try:
         outcome = await sender.send(push(1))
     finally:
         await sender.close()
-    assert (outcome.status, outcome.reason, outcome.verdict) == (403, "InvalidProviderToken", Verdict.PERMANENT)
+    assert (outcome.status, outcome.reason, outcome.verdict) == (403, "InvalidProviderToken", Verdict.CONFIG)
 
 
 async def test_certificate_auth(gateways: FakeGateways) -> None:

@@ -75,20 +75,20 @@ def test_check_config_hides_secrets(tmp_path: Path) -> None:
 
 
 def test_without_credentials_or_keys_the_node_refuses_to_start(tmp_path: Path) -> None:
-    """No [apns], [fcm] or api.keys and no --demo: no fake gateway, no demo
+    """No [apps.*] or api.keys and no --demo: no fake gateway, no demo
     device, no made-up key; a message naming each missing setting."""
     port = free_port()
     env = {"DISPATCHER_TARANTOOL__PORT": str(port), "DISPATCHER_TARANTOOL__PASSWORD": TEST_PASSWORD}
     proc = dispatcher("run", cwd=tmp_path, env=env)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 2, err
-    assert err.startswith("dispatcher: cannot start this node: apns: missing"), err
-    assert "fcm: missing" in err and "api.keys: no API key is configured" in err
+    assert err.startswith("dispatcher: cannot start this node: apps: no app is configured"), err
+    assert "[apps.<name>.apns]" in err and "api.keys: no API key is configured" in err
     assert "Traceback" not in err and out == ""
     assert not (tmp_path / "data").exists(), "nothing was started: no Tarantool, no fakes"
     check = dispatcher("check-config", cwd=tmp_path, env=env)
     out, err = check.communicate(timeout=30)
-    assert check.returncode == 2 and "error: apns: missing" in err and "error: api.keys" in err
+    assert check.returncode == 2 and "error: apps: no app is configured" in err and "error: api.keys" in err
 
 
 def test_demo_beyond_loopback_makes_no_key(tmp_path: Path) -> None:

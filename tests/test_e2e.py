@@ -95,9 +95,11 @@ async def test_cancel_stops_the_broadcast(node: Dispatcher, api: Client) -> None
 
 
 async def test_cancel_mid_run_drops_what_is_queued(node: Dispatcher, api: Client) -> None:
-    await register(node, 5000)
+    await register(node, 30_000)
     assert node.fakes is not None
-    # ~800 pushes/s with 400 in flight per platform: the broadcast would take ~6 s.
+    # 1,000 iOS and 2,000 Android pushes in flight (the fake apps' windows),
+    # half a second each: ~6,000 pushes/s, ~7 s for the broadcast; a cancel
+    # takes effect within the 2 s the broadcast's state is cached.
     node.fakes.apns.faults.set(Faults(slow_share=1.0, slow_s=0.5))
     node.fakes.fcm.faults.set(Faults(slow_share=1.0, slow_s=0.5))
     started = await start_broadcast(api, "oops")

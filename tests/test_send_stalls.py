@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from dispatcher import metrics
 from dispatcher.fakes.faults import Faults
 from dispatcher.service import Dispatcher
 from tests.admin import console
@@ -100,6 +101,8 @@ async def test_a_long_gateway_outage_delivers_what_is_still_worth_it(tmp_path: P
             gate = node.apps.routes["news", "ios"].gate
             await eventually(lambda: gate.paused, what="the breaker opens")
             opened_s = time.monotonic() - began
+            # What was already on the wire is answered; from then on, probes.
+            await eventually(lambda: metrics.IN_FLIGHT.labels("ios")._value.get() <= 1, what="in flight answered")
             burst = apns.counters.requests
             await asyncio.sleep(outage_s - (time.monotonic() - began))
             during = apns.counters.requests - burst
@@ -114,7 +117,8 @@ async def test_a_long_gateway_outage_delivers_what_is_still_worth_it(tmp_path: P
         assert s["expired"] == 1000 and s["delivered"] == 1000 and s["failed"] == 0, s  # Android was up
         assert await dead_letters(node) == []
         quiet_s = outage_s - opened_s
-        assert during <= quiet_s / 0.16 + 5, f"{during} requests in {quiet_s:.0f} s while paused: probes only"
+        # Probe intervals 0.2, 0.4, 0.8, then 1 s (each +-20%).
+        assert during <= quiet_s / 0.8 + 4, f"{during} requests in {quiet_s:.0f} s while paused: probes only"
         print(f"\noutage {outage_s:.0f} s: breaker open after {opened_s:.1f} s and {burst} requests; "
               f"then {during} requests in {quiet_s:.1f} s ({during / quiet_s * 60:.0f}/min), connections "
               f"{connections}; delivered {long_done['progress']['delivered']} + {s['delivered']}, expired "
@@ -126,7 +130,7 @@ async def test_a_long_gateway_outage_delivers_what_is_still_worth_it(tmp_path: P
 async def test_a_gateway_refusing_connections_gets_few_attempts(tmp_path: Path) -> None:
     """FCM refuses every connection for refuse_s: the connection attempts are
     counted, bounded by the reconnect backoff, not one per waiting push."""
-    refuse_s = 15.0
+    refuse_s = 60.0
     node = Dispatcher(settings_for(tmp_path))
     await node.start()
     try:

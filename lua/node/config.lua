@@ -25,6 +25,9 @@ local SETTINGS = {
     -- start while its peers are down.
     replication_connect_quorum = {0, 'count', 'NODE_REPLICATION_CONNECT_QUORUM'},
     log_level = {5, 'positive', 'NODE_LOG_LEVEL'},
+    -- Seconds a taken send or fan-out task stays with its taker: a task a
+    -- stalled or vanished dispatcher holds is ready again after this.
+    task_ttr_s = {120, 'positive', 'NODE_TASK_TTR_S'},
     log = {nil, 'optional_string', 'NODE_LOG'},
 }
 

@@ -1,11 +1,15 @@
 -- The dispatcher's bookkeeping steps, each one transaction, so a dispatcher
--- killed at any moment leaves the queue and the progress counters agreeing.
+-- killed at any moment leaves the queue, the devices and the progress
+-- counters agreeing.
 local broadcasts = require('node.broadcasts')
 local errors = require('node.errors')
 local dead_letters = require('node.dead_letters')
+local subscribers = require('node.subscribers')
 local atomic = require('queue.state').atomic
 
 local M = {}
+
+local ACTIONS = {ack = true, release = true, bury = true}
 
 local function tube_named(name)
     local tube = queue.tube[name]
@@ -15,33 +19,87 @@ local function tube_named(name)
     return tube
 end
 
--- Settles a batch of sent tasks of one tube: acks, releases ({id, {delay,
--- data}}), buries with a dead letter each ({id, reason, data}), and adds
--- the progress deltas, all or nothing. Returns the ids it did not hold.
-function M.settle(tube_name, acks, releases, buries, progress)
+local function check_item(i, item)
+    local function bad(fmt, ...)
+        errors.raise(errors.INVALID, 'dispatch: items[%d]' .. fmt, i, ...)
+    end
+    if type(item) ~= 'table' then
+        bad(' must be an array {task_id, action, broadcast, counter, extra}, got %s', type(item))
+    end
+    local id, action, broadcast, counter, extra = unpack(item, 1, 5)
+    if type(id) ~= 'number' then
+        bad('[1] (task_id) must be a number, got %s', errors.shown(id))
+    end
+    if not ACTIONS[action] then
+        bad("[2] (action) must be 'ack', 'release' or 'bury', got %s", errors.shown(action))
+    end
+    if broadcast ~= nil and type(broadcast) ~= 'string' then
+        bad('[3] (broadcast) must be a string or nil, got %s', type(broadcast))
+    end
+    if counter ~= nil and type(counter) ~= 'string' then
+        bad('[4] (counter) must be a string or nil, got %s', type(counter))
+    end
+    if extra ~= nil and type(extra) ~= 'table' then
+        bad('[5] (extra) must be a map or nil, got %s', type(extra))
+    end
+    if action == 'bury' and (extra == nil or type(extra.reason) ~= 'string') then
+        bad('[5].reason must be a string for a bury')
+    end
+    if extra ~= nil and extra.remove ~= nil and (action ~= 'ack' or type(extra.remove) ~= 'string') then
+        bad('[5].remove must be a token, with an ack')
+    end
+end
+
+-- Settles sent tasks of one tube in one transaction. Each item is
+-- {task_id, action, broadcast, counter, extra}:
+--   ack      extra.remove: also remove that device (a dead token)
+--   release  extra.delay, extra.data: back to the queue, later, with new data
+--   bury     extra.reason, extra.letter: a dead letter says why
+-- and adds 1 to `counter` of the broadcast's progress. An item takes effect
+-- only if this session holds its task, so a batch sent twice (its answer
+-- lost) or a task whose ttr ran out counts once. Returns the ids skipped.
+function M.settle(tube_name, items)
     local tube = tube_named(tube_name)
-    for field, value in pairs({acks = acks, releases = releases, buries = buries, progress = progress}) do
-        if type(value) ~= 'table' then
-            errors.raise(errors.INVALID, 'dispatch: %s must be a table, got %s', field, type(value))
-        end
+    if type(items) ~= 'table' then
+        errors.raise(errors.INVALID, 'dispatch: items must be an array, got %s', type(items))
+    end
+    for i, item in ipairs(items) do
+        check_item(i, item)
     end
     local skipped = {}
     atomic(function()
-        local _, not_acked = tube:ack_many(acks)
-        local _, not_released = tube:release_many(releases)
+        local deltas = {}
         local letters = {}
-        for _, b in ipairs(buries) do
-            tube:bury(b[1])
-            table.insert(letters, {tube_name, b[2], b[3]})
+        local removals = {}
+        for _, item in ipairs(items) do
+            local id, action, broadcast, counter, extra = unpack(item, 1, 5)
+            local held = tube:_held(id)
+            if held == nil then
+                table.insert(skipped, id)
+            else
+                if action == 'ack' then
+                    tube:_ack(id)
+                    if extra ~= nil and extra.remove ~= nil then
+                        table.insert(removals, extra.remove)
+                    end
+                elseif action == 'release' then
+                    tube:release_many({{id, extra or {}}})
+                else
+                    tube:bury(id)
+                    table.insert(letters, {tube_name, extra.reason, extra.letter})
+                end
+                if broadcast ~= nil and counter ~= nil then
+                    local d = deltas[broadcast] or {}
+                    d[counter] = (d[counter] or 0) + 1
+                    deltas[broadcast] = d
+                end
+            end
+        end
+        for _, token in ipairs(removals) do
+            subscribers.remove(token)
         end
         dead_letters.put_many(letters)
-        broadcasts.progress_add(progress)
-        for _, id in ipairs(not_acked) do
-            table.insert(skipped, id)
-        end
-        for _, id in ipairs(not_released) do
-            table.insert(skipped, id)
-        end
+        broadcasts.progress_add(deltas)
     end)
     return skipped
 end

@@ -139,7 +139,7 @@ local function enqueue_rows(broadcast_id, spec, rows, zone_at)
             group = {platform = platform, delay = delay, items = {}}
             groups[gkey] = group
         end
-        table.insert(group.items, {'b', broadcast_id, t[S.token], platform, now + delay + spec.ttl_s, 0, 0})
+        table.insert(group.items, {'b', broadcast_id, t[S.token], platform, now + delay + spec.ttl_s, 0, 0, t[S.app]})
     end
     local counts = setmetatable({}, {__serialize = 'map'})
     for _, g in pairs(groups) do

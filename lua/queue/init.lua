@@ -14,7 +14,17 @@ local tube = require('queue.tube')
 
 local REGISTRY = 'queue_tubes'
 
-local queue = {tube = {}}
+-- local_opts[name]: node-local defaults laid over a tube's registered
+-- options (which replicate): what one node sets for itself, at each start.
+local queue = {tube = {}, local_opts = {}}
+
+local function merged(opts, name)
+    local out = table.copy(opts or {})
+    for k, v in pairs(queue.local_opts[name] or {}) do
+        out[k] = v
+    end
+    return out
+end
 
 local function open(row)
     local name, kind, opts = row[1], row[2], row[3]
@@ -26,7 +36,7 @@ local function open(row)
         log.error('queue: tube %s is registered but its space is missing', name)
         return nil
     end
-    local t = tube.new(name, kind, space, opts or {})
+    local t = tube.new(name, kind, space, merged(opts, name))
     -- drop() lives here, not in tube.lua, because it touches the registry.
     t.drop = queue.drop_tube
     queue.tube[name] = t
@@ -90,6 +100,21 @@ function queue.start(opts)
         queue.started = true
     end
     return queue
+end
+
+-- Node-local default options of tube `name` (e.g. {ttr = 120}), for tasks
+-- put from now on; kept until the next start, whether the tube exists yet
+-- or arrives later by replication.
+function queue.set_local_opts(name, opts)
+    if type(opts) ~= 'table' then
+        state.fail(state.BAD_ARGUMENT, 'local options must be a map, got %s', type(opts))
+    end
+    queue.local_opts[name] = opts
+    local t = queue.tube[name]
+    if t ~= nil then
+        local row = box.space[REGISTRY]:get(name)
+        t.opts = merged(row and row[3], name)
+    end
 end
 
 function queue.create_tube(name, kind, opts)

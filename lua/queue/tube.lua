@@ -457,8 +457,11 @@ function Tube:_pick(n)
 end
 
 -- Takes up to n tasks, waiting up to `timeout` seconds for the first one.
--- Returns a possibly empty array.
-function Tube:take_many(n, timeout)
+-- Returns a possibly empty array. opts.give_up_at (an extension, epoch
+-- seconds): take nothing after then, because the client will have stopped
+-- waiting for the answer (its request timeout) and would never see what it
+-- took.
+function Tube:take_many(n, timeout, opts)
     n = n or 1
     if type(n) ~= 'number' or n < 1 then
         fail(BAD_ARGUMENT, 'take_many: count must be a positive number, got %s', tostring(n))
@@ -468,13 +471,25 @@ function Tube:take_many(n, timeout)
         fail(BAD_ARGUMENT, 'take: timeout must be a non-negative number of seconds, got %s',
              tostring(timeout))
     end
+    if opts ~= nil and type(opts) ~= 'table' then
+        fail(BAD_ARGUMENT, 'take_many: options must be a map, got %s', type(opts))
+    end
+    local give_up_at = opts and opts.give_up_at
+    if give_up_at ~= nil and type(give_up_at) ~= 'number' then
+        fail(BAD_ARGUMENT, 'take_many: give_up_at must be epoch seconds, got %s', tostring(give_up_at))
+    end
     local session = box.session.id()
     local deadline = fiber.clock() + wait_s
+    if give_up_at ~= nil then
+        deadline = math.min(deadline, fiber.clock() + (give_up_at - fiber.time()))
+    end
     while true do
         local picked = self:_pick(n)
         if #picked > 0 then
-            if not box.session.exists(session) then
-                -- The client left while we waited: leave the tasks ready.
+            local late = give_up_at ~= nil and fiber.time() > give_up_at
+            if late or not box.session.exists(session) then
+                -- Nobody will see these tasks (the client left, or gave up
+                -- on this call): leave them ready.
                 self.scan_from = nil
                 return {}
             end

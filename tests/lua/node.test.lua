@@ -85,7 +85,7 @@ test:test('refusals carry our error codes and name the field', function(t)
     e = refusal(broadcasts.set_state, 'b_none', 'cancelled')
     t:is_deeply(e, {code = errors.NOT_FOUND, message = 'broadcast: no broadcast b_none'}, 'an unknown broadcast')
     t:is(refusal(broadcasts.set_state, 'b_none', 'paused').code, errors.INVALID, 'an unknown state')
-    t:is(refusal(dispatch.settle, 'nope', {}, {}, {}, {}).code, errors.INVALID, 'an unknown tube')
+    t:is(refusal(dispatch.settle, 'nope', {}).code, errors.INVALID, 'an unknown tube')
 end)
 
 test:test('audience pages in cursor order', function(t)
@@ -171,24 +171,40 @@ test:test('settings: defaults, file-free overrides, and clear errors', function(
            'not on IPv6 beyond loopback')
 end)
 
-test:test('settling is all or nothing', function(t)
-    t:plan(5)
+test:test('settling is all or nothing, once per task, and removes dead tokens with the ack', function(t)
+    t:plan(12)
     local dispatch = require('node.dispatch')
     local broadcasts = require('node.broadcasts')
+    local subscribers = require('node.subscribers')
+    local errors = require('node.errors')
     local tube = queue.tube.android
     tube:put_many({'a', 'b'})
     local taken = tube:take_many(2, 0)
-    local ok = pcall(dispatch.settle, 'android', {taken[1][1]}, {}, {{999999, 'no such task', {}}},
-                     {bx = {delivered = 1}})
-    t:ok(not ok, 'a bad bury fails the call')
+    local ok, e = pcall(dispatch.settle, 'android', {{taken[1][1], 'ack', 'bx', 'delivered'},
+                                                     {taken[2][1], 'bury', 'bx', 'failed', {letter = 'x'}}})
+    t:ok(not ok and e.code == errors.INVALID, 'a bury without a reason fails the whole call')
+    t:like(e.message, 'items%[2%]%[5%]%.reason', 'naming the item and field')
     t:is(tube.space:get(taken[1][1]) ~= nil and tube:statistics().tasks.total, 2,
          'and the ack in it did not happen: the task is still there')
     t:is(broadcasts.progress('bx').delivered, nil, 'nor the progress')
-    -- The rolled-back ack left the first task free: a worker takes it again.
-    local again = tube:take_many(2, 0)
-    t:is_deeply(dispatch.settle('android', {again[1][1]}, {{taken[2][1], {delay = 60}}}, {},
-                                {bx = {delivered = 1, retries = 1}}), {}, 'a good call settles')
-    t:is(broadcasts.progress('bx').delivered, 1, 'with its progress')
+    local dead = 'dead-token-settle'
+    subscribers.put(dead, 'u-dead', 'android', 'news')
+    local items = {{taken[1][1], 'ack', 'bx', 'dead_tokens', {remove = dead}},
+                   {taken[2][1], 'release', 'bx', 'retries', {delay = 60, data = 'b2'}}}
+    t:is_deeply(dispatch.settle('android', items), {}, 'a good call settles everything')
+    t:is(subscribers.get(dead), nil, 'the dead token is removed with its ack')
+    t:is(broadcasts.progress('bx').dead_tokens, 1, 'with its progress')
+    t:is(tube:peek(taken[2][1])[3], 'b2', 'the release carries its new data')
+    t:is(tube:peek(taken[2][1])[2], '~', 'and its delay')
+    t:is_deeply(dispatch.settle('android', items), {taken[1][1], taken[2][1]},
+                'settled again (its answer lost): both skipped')
+    t:is(broadcasts.progress('bx').dead_tokens, 1, 'and counted once')
+    tube:put('c')
+    local c = tube:take_many(1, 0)[1]
+    dispatch.settle('android', {{c[1], 'bury', box.NULL, box.NULL, {reason = 'no good', letter = {1, 2}}}})
+    local letters = require('node.dead_letters').list(1)
+    t:is_deeply({letters[1][3], letters[1][4], tube:peek(c[1])[2]}, {'android', 'no good', '!'},
+                'a bury leaves a dead letter with its reason')
 end)
 
 test:test('guest may connect and nothing else; public may not run SQL LUA()', function(t)
