@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import asynctnt
@@ -198,3 +199,23 @@ async def test_counts_are_right_after_a_restart(settings: Settings, tarantool: T
         assert console(data_dir, counted) == [269, 20, 6, 295]
     finally:
         await store.close()
+
+
+async def test_send_and_fanout_tubes_get_the_nodes_ttr(queue: Queue, settings: Settings) -> None:
+    """dispatch.task_ttr_s reaches Tarantool (NODE_TASK_TTR_S) as the ttr of
+    every task put on the dispatcher's tubes; other tubes keep their own."""
+    assert settings.dispatch.task_ttr_s == 120
+    got = console(settings.node.data_dir, "queue.tube.ios.opts.ttr, queue.tube.android.opts.ttr, "
+                                          "queue.tube.fanout.opts.ttr")
+    assert got == [120, 120, 120]
+    task = await queue.tube("ios").put("x")
+    # The stored task's ttr field (5th), in ms.
+    assert console(settings.node.data_dir, f"box.space.ios:get({task.id})[5]") == [120_000]
+
+
+async def test_a_take_past_give_up_at_takes_nothing(queue: Queue) -> None:
+    tube = queue.tube("android")
+    await tube.put_many(["a", "b"])
+    assert await tube.take_many(2, 0, give_up_at=time.time() - 1) == []
+    assert (await tube.statistics())["tasks"]["ready"] == 2
+    assert len(await tube.take_many(2, 0, give_up_at=time.time() + 5)) == 2
