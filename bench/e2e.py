@@ -29,6 +29,7 @@ from bench.senders import Fakes
 from dispatcher.config import (
     ApiKey,
     ApiSettings,
+    AppSettings,
     DispatchSettings,
     NodeSettings,
     Settings,
@@ -48,8 +49,8 @@ def config(tmp: Path, settings: Settings, fakes: Fakes, api_port: int) -> Path:
         "node": settings.node.model_copy(update={"embedded": False}),
         "api": ApiSettings(port=api_port, keys=[ApiKey(key=KEY, scopes=["admin"])]),  # type: ignore[arg-type]
         "dispatch": DispatchSettings(demo_devices=0),
-        "apns": fakes.credentials.apns_settings(fakes.ports["apns"]),
-        "fcm": fakes.credentials.fcm_settings(fakes.ports["fcm"]),
+        "apps": {"news": AppSettings(apns=fakes.credentials.apns_settings(fakes.ports["apns"]),
+                                     fcm=fakes.credentials.fcm_settings(fakes.ports["fcm"]))},
     })))
     return path
 

@@ -178,6 +178,9 @@ class _Protocol(APNsTLSClientProtocol):
             return await super().send_notification(request)
         except H2ProtocolError as e:
             # The connection closed under us: the pool retries elsewhere.
+            if not self.terminated:
+                self.terminated = True
+                log.warning("APNs connection failed: %s: %s", type(e).__name__, e)
             raise ConnectionClosed(str(e)) from None
         except asyncio.CancelledError:
             # Timed out: forget it, and reset its stream, or the stream would

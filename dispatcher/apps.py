@@ -100,6 +100,12 @@ class Apps:
     def gates(self, platform: str) -> list[Gate]:
         return [r.gate for (_, p), r in self.routes.items() if p == platform]
 
+    def sole_app(self, platform: str) -> str | None:
+        """The app, if only one sends to ``platform`` (what a task queued
+        before tasks named their app was meant for)."""
+        names = [app for (app, p) in self.routes if p == platform]
+        return names[0] if len(names) == 1 else None
+
     def window(self, platform: str) -> int:
         """Pushes a platform keeps in flight: each distinct sender's in_flight."""
         seen: dict[int, int] = {}

@@ -37,7 +37,7 @@ from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from dispatcher import metrics
+from dispatcher import metrics, settle
 from dispatcher.backoff import Backoff
 from dispatcher.broadcasts import Broadcast, Broadcasts, fanned_out
 from dispatcher.errors import StoreError
@@ -105,7 +105,7 @@ class FanoutWorker:
 
     async def _try_step(self, task: Task) -> None:
         """One step; a step that fails goes back to the queue with backoff
-        (if even that fails, the task's ttr brings it back)."""
+        (the release sent until it lands, as a settle is)."""
         try:
             await self._step(task)
             self._failures.pop(task.id, None)
@@ -118,10 +118,7 @@ class FanoutWorker:
                 log.warning("fan-out: step of task %d failed (%s); again in %.1f s", task.id, e, delay)
             else:
                 log.exception("fan-out: step of task %d failed; again in %.1f s", task.id, delay)
-            try:
-                await self.tube.release(task.id, delay_s=delay)
-            except StoreError as again:
-                log.warning("fan-out: cannot release task %d (%s); its ttr brings it back", task.id, again)
+            await settle.land(self.store, self.tube.name, [settle.release(task.id, None, None, delay)])
 
     async def _call(self, function: str, *args: Any) -> list[Any]:
         return await self.store.call("node." + function, args)

@@ -25,8 +25,13 @@ def ack(task_id: int, broadcast: str | None, counter: str | None, remove: str | 
     return [task_id, "ack", broadcast, counter, {"remove": remove} if remove else None]
 
 
-def release(task_id: int, broadcast: str | None, counter: str | None, delay_s: float, data: Any) -> Item:
-    return [task_id, "release", broadcast, counter, {"delay": delay_s, "data": data}]
+def release(task_id: int, broadcast: str | None, counter: str | None, delay_s: float, data: Any = None) -> Item:
+    """Back to the queue after ``delay_s``, with ``data`` (unless None) as
+    the task's new data."""
+    extra: dict[str, Any] = {"delay": delay_s}
+    if data is not None:
+        extra["data"] = data
+    return [task_id, "release", broadcast, counter, extra]
 
 
 def bury(task_id: int, broadcast: str | None, reason: str, letter: Any) -> Item:
@@ -34,9 +39,6 @@ def bury(task_id: int, broadcast: str | None, reason: str, letter: Any) -> Item:
 
 
 class Settler:
-    RETRY_FIRST_S = 0.1
-    RETRY_CAP_S = 2.0
-
     def __init__(self, store: Store, tube: str, batch: int, interval_s: float) -> None:
         self.store = store
         self.tube = tube
@@ -84,26 +86,35 @@ class Settler:
         return len(self._items) + len(self._landing)
 
     async def _land(self, items: list[Item]) -> None:
-        wait = self.RETRY_FIRST_S
-        first_failure = 0.0
-        while True:
-            try:
-                await self.store.call("node.settle", (self.tube, items))
-                if first_failure:
-                    log.warning("%s: a settle landed after %.1f s of retries", self.tube,
-                                time.monotonic() - first_failure)
-                return
-            except StoreRejected as e:
-                # Our own bug: retrying cannot help. The tasks stay taken
-                # until their ttr returns them to the queue.
-                log.error("%s: Tarantool refused a settle of %d tasks: %s; they return after their ttr",
-                          self.tube, len(items), e)
-                return
-            except StoreError as e:
-                metrics.SETTLE_FAILURES.labels(self.tube).inc()
-                if not first_failure:
-                    first_failure = time.monotonic()
-                    log.warning("%s: settling %d tasks failed (%s); sending it again until it lands",
-                                self.tube, len(items), e)
-                await asyncio.sleep(wait)
-                wait = min(self.RETRY_CAP_S, wait * 2)
+        await land(self.store, self.tube, items)
+
+
+RETRY_FIRST_S = 0.1
+RETRY_CAP_S = 2.0
+
+
+async def land(store: Store, tube: str, items: list[Item]) -> None:
+    """Settles ``items`` of ``tube`` in one transaction, sent again until it
+    lands (Tarantool stalled, read-only, out of memory for a while)."""
+    wait = RETRY_FIRST_S
+    first_failure = 0.0
+    while True:
+        try:
+            await store.call("node.settle", (tube, items))
+            if first_failure:
+                log.warning("%s: a settle landed after %.1f s of retries", tube, time.monotonic() - first_failure)
+            return
+        except StoreRejected as e:
+            # Our own bug: retrying cannot help. The tasks stay taken until
+            # their ttr returns them to the queue.
+            log.error("%s: Tarantool refused a settle of %d tasks: %s; they return after their ttr",
+                      tube, len(items), e)
+            return
+        except StoreError as e:
+            metrics.SETTLE_FAILURES.labels(tube).inc()
+            if not first_failure:
+                first_failure = time.monotonic()
+                log.warning("%s: settling %d tasks failed (%s); sending it again until it lands",
+                            tube, len(items), e)
+            await asyncio.sleep(wait)
+            wait = min(RETRY_CAP_S, wait * 2)

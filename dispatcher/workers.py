@@ -176,7 +176,7 @@ class SendPipeline:
             metrics.PUSHES.labels(self.platform, "cancelled").inc()
             return ack(task.id, b, "cancelled")
         body, collapse_key, app = resolved
-        route = self.apps.route(app or "", self.platform)
+        route = self.apps.route(app or self.apps.sole_app(self.platform) or "", self.platform)
         if route is None:
             # Configuration changed under queued tasks (or another node
             # knows an app this one does not): they wait, never lost.

@@ -62,7 +62,7 @@ async def test_429_by_memory_before_any_write_fails(tmp_path: Path) -> None:
             assert status == 200
             # Past the limit (written around the API), every route that
             # writes says 429 with Retry-After ...
-            task = ["m", {"message": BIG}, apns_token(1), "ios", 2e9, 0, 0]
+            task = ["m", {"message": BIG}, apns_token(1), "ios", 2e9, 0, 0, "news"]
             while (await d.store.call("node.memory"))[0]["arena_used"] < 0.42 * quota:
                 await d.queue.tube("ios").put_many([task] * 20)
             await asyncio.sleep(0.2)  # the API's reading is up to 0.1 s old, and these bypassed it

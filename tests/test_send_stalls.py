@@ -153,3 +153,35 @@ async def test_a_gateway_refusing_connections_gets_few_attempts(tmp_path: Path) 
               f"delivered {time.monotonic() - healed:.1f} s after the gateway took connections again")
     finally:
         await node.stop()
+
+
+async def test_a_failed_fanout_step_is_released_and_retried(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Tarantool read-only for 3 s while a single node fans out in small
+    pages: steps fail and go back to the queue with backoff (the tube is
+    node-local, so the release itself is written), and the broadcast
+    finishes long before the fan-out tasks' ttr (120 s) could have brought
+    them back."""
+    node = Dispatcher(settings_for(tmp_path, fanout_page=200, high_water=400))
+    await node.start()
+    try:
+        assert node.fakes is not None
+        regs = await register(node, 10_000)
+        node.fakes.apns.faults.set(Faults(slow_share=1.0, slow_s=0.05))
+        node.fakes.fcm.faults.set(Faults(slow_share=1.0, slow_s=0.05))
+        async with aiohttp.ClientSession() as http:
+            api = Client(node, http)
+            started = await start_broadcast(api, "read-only-fanout")
+            await asyncio.sleep(0.5)
+            console(node.settings.node.data_dir, "box.cfg{read_only = true}")
+            await asyncio.sleep(3)
+            console(node.settings.node.data_dir, "box.cfg{read_only = false}")
+            resumed = time.monotonic()
+            done = await wait_done(api, started["id"], timeout_s=60)
+        assert done["progress"]["delivered"] == len(regs), done["progress"]
+        failed = [r for r in caplog.records if r.getMessage().startswith("fan-out: step of task")]
+        assert failed, "a fan-out step failed while read-only"
+        await eventually(lambda: _taken_is_zero(node), timeout_s=10, what="nothing left taken")
+        print(f"\nread-only fan-out: {len(failed)} steps failed; done {time.monotonic() - resumed:.1f} s after "
+              "Tarantool took writes again")
+    finally:
+        await node.stop()
