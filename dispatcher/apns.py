@@ -265,6 +265,9 @@ class ApnsSender:
                 key = settings.key_path.read_text()
             except OSError as e:
                 raise ConfigError(f"apns.key_path: cannot read {settings.key_path}: {e.strerror}") from None
+            except UnicodeDecodeError:
+                raise ConfigError(f"apns.key_path: {settings.key_path} is not an ES256 .p8 key: not PEM text "
+                                  "(a DER or other binary file?)") from None
             self.provider = SharedProviderToken(key, settings.key_id, settings.team_id, settings.token_refresh_s)
             try:
                 self.provider.get_header()

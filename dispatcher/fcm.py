@@ -52,7 +52,7 @@ class FcmSender:
         try:
             creds = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
                 str(settings.service_account_path), scopes=[SCOPE])
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:  # the last two: not a JSON object
             raise ConfigError(f"fcm.service_account_path: cannot use {settings.service_account_path}: {e}") from None
         if settings.token_uri:
             creds = creds.with_token_uri(settings.token_uri)

@@ -107,6 +107,9 @@ class Gate:
         (confirmations come back together and would trip it on their own)."""
         if probe:
             self._probing = False
+            # A probe answered after the gate resumed (a push sent before the
+            # pause came back fine) is an ordinary send.
+            probe = self.cause is not None
         if verdict is Verdict.CONFIG:
             self.pause("config", reason, again=probe)
         elif verdict is Verdict.TEMPORARY:
@@ -123,9 +126,12 @@ class Gate:
             if dead and self.guard.tripped:
                 self.pause("guard", f"dead tokens in {self.guard.share:.0%} of the last verdicts", again=probe)
             elif self.cause == "guard":
-                # Only a probe delivered says the mix-up is over.
+                # Only a probe delivered says the mix-up is over; any other
+                # answer to a probe waits out a longer interval.
                 if probe and verdict is Verdict.DELIVERED:
                     self._resume()
+                elif probe:
+                    self.pause("guard", self.reason, again=True)
             elif self.cause is not None:
                 self._resume()  # the gateway answers, and takes our credentials
 

@@ -68,8 +68,9 @@ class FakeApns:
         self.faults = FaultState(faults or Faults(), "apns")
         self.counters = Counters()
         self.latest_iat: int | None = None
-        # A refusal fault answered ExpiredProviderToken: the client's next,
-        # fresh token is the refresh Apple asks for, not one too many.
+        # After an ExpiredProviderToken answer (a real expiry or a fault),
+        # the client's next, fresh token is the refresh Apple asked for, not
+        # one too many.
         self.refresh_due = False
         tls = server_tls(str(credentials.server_cert_path), str(credentials.ca_path))
         self.server = H2Server(self.handle, tls, self.faults.connection_faults)
@@ -87,7 +88,6 @@ class FakeApns:
             return self._reject(r.reason, apns_id)
         refusal = self.faults.refusal(topic)
         if refusal is not None:
-            self.refresh_due = refusal == "ExpiredProviderToken"
             return self._reject(refusal, apns_id)
         await self.faults.maybe_slow()
         n = self.faults.next_request()
@@ -108,6 +108,8 @@ class FakeApns:
     def _reject(self, reason: str, apns_id: str, headers: list[tuple[str, str]] | None = None,
                 status: int | None = None) -> Response:
         self.counters.rejected[reason] += 1
+        if reason == "ExpiredProviderToken":
+            self.refresh_due = True
         status = status or REASON_STATUS[reason]
         body: dict[str, object] = {"reason": reason}
         if status == 410:
