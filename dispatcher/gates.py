@@ -98,8 +98,10 @@ class Gate:
         return True
 
     def retry_in_s(self) -> float:
-        """How long a task that met this gate paused waits in the queue."""
-        return self.backoff.jittered(max(self.probe_in_s(), self._interval))
+        """How long a task that met this gate paused waits in the queue: until
+        the next probe has had time to be answered, so that tasks go out
+        soon after the probe that resumes the gate, not an interval later."""
+        return self.probe_in_s() + self.backoff.jittered(self.probe_s)
 
     def record(self, verdict: Verdict, reason: str, probe: bool = False, confirming: bool = False) -> None:
         """What the gateway said to one push. ``confirming``: a resend to a

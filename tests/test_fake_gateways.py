@@ -12,16 +12,24 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import jwt
+import pytest
+from pydantic import ValidationError
 
 from dispatcher.apns import ApnsSender
 from dispatcher.config import ApnsSettings, FcmSettings
+from dispatcher.fakes.apns import REASON_STATUS
+from dispatcher.fakes.credentials import FCM_PROJECTS
+from dispatcher.fakes.faults import Faults, FaultState
+from dispatcher.fakes.fcm import ERROR_CODES, FCM_ERROR
 from dispatcher.fakes.gateways import FakeGateways
 from dispatcher.fcm import FcmSender
-from dispatcher.push import Push, Verdict
-from tests.conftest import apns_settings_for, apns_token, fcm_token, free_port
+from dispatcher.h2client import Response as H2Response
+from dispatcher.push import Outcome, Push, Verdict
+from tests.conftest import apns_settings_for, apns_token, fcm_settings_for, fcm_token, free_port
 
 
 async def test_stats_faults_and_reset_over_http(gateways: FakeGateways) -> None:
@@ -112,3 +120,188 @@ def test_fake_gateways_bad_faults_file(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=30)
     assert run.returncode == 2
     assert "dead_share" in run.stderr and "Traceback" not in run.stderr
+
+
+# --- refusals, per-app faults, FCM projects, refused connections ---
+
+async def _send_until_delivered(sender: ApnsSender | FcmSender, push: Push, within_s: float = 10.0) -> bool:
+    """Sends until delivered: after a failed connect a sender waits out a
+    jittered reconnect delay, failing at once meanwhile."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if (await sender.send(push)).delivered:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+def _spy_fcm_bodies(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The raw bodies the fake FCM answered, as the sender read them: the
+    Outcome alone cannot show that a body carried no details."""
+    bodies: list[dict[str, Any]] = []
+    outcome = FcmSender._outcome
+
+    def spy(response: H2Response) -> Outcome:
+        bodies.append(json.loads(response.body))
+        return outcome(response)
+
+    monkeypatch.setattr(FcmSender, "_outcome", staticmethod(spy))
+    return bodies
+
+
+async def test_apns_reject_all_answers_that_reason_and_status(gateways: FakeGateways) -> None:
+    sender = ApnsSender(apns_settings_for(gateways))
+    try:
+        for reason in ("BadCertificateEnvironment", "TopicDisallowed", "Shutdown"):
+            gateways.apns.faults.set(Faults(reject_all=reason))
+            outcome = await sender.send(Push(apns_token(1), {"aps": {}}))
+            assert (outcome.status, outcome.reason) == (REASON_STATUS[reason], reason)
+        assert gateways.stats()["apns"]["accepted_total"] == 0
+    finally:
+        await sender.close()
+
+
+@pytest.mark.parametrize(("answer", "status", "reason"), [
+    ("SENDER_ID_MISMATCH", 403, "SENDER_ID_MISMATCH"),
+    ("UNAUTHENTICATED", 401, "UNAUTHENTICATED"),
+    ("PERMISSION_DENIED", 403, "PERMISSION_DENIED"),
+    ("INVALID_ARGUMENT_BARE", 400, "INVALID_ARGUMENT"),
+])
+async def test_fcm_reject_all_with_and_without_details(gateways: FakeGateways, monkeypatch: pytest.MonkeyPatch,
+                                                       answer: str, status: int, reason: str) -> None:
+    bodies = _spy_fcm_bodies(monkeypatch)
+    gateways.fcm.faults.set(Faults(reject_all=answer))
+    sender = FcmSender(fcm_settings_for(gateways))
+    try:
+        outcome = await sender.send(Push(fcm_token(1), {"data": {"a": "b"}}))
+    finally:
+        await sender.close()
+    assert (outcome.status, outcome.reason, outcome.delivered) == (status, reason, False)
+    error = bodies[-1]["error"]
+    assert error["code"] == status and error["status"] == ERROR_CODES.get(answer, (status, reason))[1]
+    expected = [{"@type": FCM_ERROR, "errorCode": answer}] if answer in ERROR_CODES else []
+    assert error["details"] == expected
+
+
+async def test_apns_reject_topics_refuses_only_that_topic(gateways: FakeGateways) -> None:
+    gateways.apns.faults.set(Faults(reject_topics={"com.example.horoscope": "TopicDisallowed"}))
+    sender = ApnsSender(apns_settings_for(gateways))
+    try:
+        refused = await sender.send(Push(apns_token(1), {"aps": {}}, topic="com.example.horoscope"))
+        accepted = await sender.send(Push(apns_token(2), {"aps": {}}, topic="com.example.news"))
+    finally:
+        await sender.close()
+    assert (refused.status, refused.reason) == (400, "TopicDisallowed")
+    assert accepted.delivered
+    assert dict(gateways.apns.counters.accepted_by_app) == {"com.example.news": 1}
+    assert gateways.apns.tokens_by_topic == {"com.example.news": {apns_token(2)}}
+    assert gateways.stats()["apns"]["accepted_by_topic"] == {"com.example.news": 1}
+
+
+async def test_fcm_projects_each_with_its_own_service_account(gateways: FakeGateways,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    bodies = _spy_fcm_bodies(monkeypatch)
+    assert set(gateways.credentials.fcm_projects) == set(FCM_PROJECTS) == {"fake-news", "fake-horoscope"}
+    news = FcmSender(fcm_settings_for(gateways, project="fake-news"))
+    horoscope = FcmSender(fcm_settings_for(gateways, project="fake-horoscope"))
+    # fake-news's account sending to fake-horoscope: Google's bare 403.
+    crossed = FcmSender(fcm_settings_for(gateways, project="fake-news", project_id="fake-horoscope"))
+    push = Push(fcm_token(1), {"data": {"a": "b"}})
+    try:
+        assert (await news.send(push)).delivered
+        assert (await horoscope.send(push)).delivered
+        assert (await horoscope.send(Push(fcm_token(2), {"data": {"a": "b"}}))).delivered
+        outcome = await crossed.send(push)
+        assert (outcome.status, outcome.reason) == (403, "PERMISSION_DENIED")
+        assert bodies[-1]["error"]["details"] == []
+        assert gateways.stats()["fcm"]["accepted_by_project"] == {"fake-news": 1, "fake-horoscope": 2}
+
+        gateways.fcm.faults.set(Faults(reject_projects={"fake-horoscope": "SENDER_ID_MISMATCH"}))
+        assert (await news.send(push)).delivered
+        outcome = await horoscope.send(push)
+        assert (outcome.status, outcome.reason) == (403, "SENDER_ID_MISMATCH")
+        assert gateways.stats()["fcm"]["accepted_by_project"] == {"fake-news": 2, "fake-horoscope": 2}
+    finally:
+        for sender in (news, horoscope, crossed):
+            await sender.close()
+
+
+async def test_refused_connections_are_counted_and_healing_lets_sends_through(gateways: FakeGateways) -> None:
+    apns, fcm = ApnsSender(apns_settings_for(gateways)), FcmSender(fcm_settings_for(gateways))
+    pushes: dict[str, tuple[ApnsSender | FcmSender, Push]] = {
+        "apns": (apns, Push(apns_token(1), {"aps": {}})), "fcm": (fcm, Push(fcm_token(1), {"data": {}}))}
+    try:
+        for name, (sender, push) in pushes.items():
+            fake = gateways.apns if name == "apns" else gateways.fcm
+            fake.faults.set(Faults(refuse_connections=True))
+            outcome = await sender.send(push)  # an outcome, not an exception
+            assert not outcome.delivered and outcome.status is None, (name, outcome)
+            stats = gateways.stats()[name]
+            assert stats["refused_connections"] >= 1
+            assert stats["connections"] == stats["refused_connections"], (name, stats)
+            fake.faults.set(Faults())
+            assert await _send_until_delivered(sender, push), name
+            stats = gateways.stats()[name]
+            assert stats["connections"] > stats["refused_connections"] and stats["accepted_total"] == 1
+    finally:
+        await apns.close()
+        await fcm.close()
+
+
+async def test_unknown_refusal_answers_are_refused(gateways: FakeGateways) -> None:
+    with pytest.raises(ValidationError, match="NoSuchReason"):
+        Faults(reject_all="NoSuchReason")
+    with pytest.raises(ValidationError, match="reject_topics"):
+        Faults(reject_topics={"com.example.news": "SENDER_ID_MISMATCH"})  # an FCM answer for an APNs topic
+    # Valid on one gateway or the other, so Faults takes it; the fake it is
+    # set on does not.
+    with pytest.raises(ValueError, match="reject_all"):
+        FaultState(Faults(reject_all="BadTopic"), "fcm")
+    base = f"http://127.0.0.1:{gateways.ports['stats']}"
+    async with aiohttp.ClientSession() as http:
+        for gateway, answer in (("fcm", "BadTopic"), ("apns", "SENDER_ID_MISMATCH")):
+            async with http.post(f"{base}/faults/{gateway}", json={"reject_all": answer}) as r:
+                assert r.status == 400
+                assert f"reject_all: unknown answer '{answer}'" in (await r.json())["error"]
+    assert gateways.fcm.faults.faults.reject_all is None and gateways.apns.faults.faults.reject_all is None
+
+
+async def test_a_refresh_after_expired_provider_token_is_no_token_update_too_many(gateways: FakeGateways) -> None:
+    """The fake answers ExpiredProviderToken (a fault); the sender mints a
+    fresh token at once and resends: that refresh was asked for, so it is
+    not TooManyProviderTokenUpdates, however soon after the last one."""
+    expired = apns_token(7)
+    gateways.apns.faults.set(Faults(answers={expired: "ExpiredProviderToken"}))
+    sender = ApnsSender(apns_settings_for(gateways))
+    assert sender.provider is not None
+    provider = sender.provider
+
+    def presented_iat() -> int:
+        iat: int = jwt.decode(provider.get_header().split()[1], options={"verify_signature": False})["iat"]
+        return iat
+
+    async def next_second() -> None:
+        # A token minted in the same second as the last has the same iat and
+        # is not a refresh at all: wait for the clock so every round tests one.
+        await asyncio.sleep(1 - time.time() % 1 + 0.01)
+
+    try:
+        for _ in range(4):
+            await next_second()
+            minted = sender.provider.minted
+            outcome = await sender.send(Push(expired, {"aps": {}}))
+            assert (outcome.status, outcome.reason) == (403, "ExpiredProviderToken")
+            assert sender.provider.minted == minted + 1  # it did resend with a fresh token
+            # ... which the fake took as the latest, not as one too many.
+            assert gateways.apns.latest_iat == presented_iat()
+        assert "TooManyProviderTokenUpdates" not in gateways.apns.counters.rejected
+        assert gateways.apns.counters.rejected["ExpiredProviderToken"] == 8
+        # The rule the exemption is from still holds: the last answer asked
+        # for one refresh; a second refresh nobody asked for is one too many.
+        for expected in ((200, "OK"), (429, "TooManyProviderTokenUpdates")):
+            await next_second()
+            sender.provider.force_refresh()
+            outcome = await sender.send(Push(apns_token(1), {"aps": {}}))
+            assert (outcome.status, outcome.reason) == expected
+    finally:
+        await sender.close()

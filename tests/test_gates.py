@@ -132,14 +132,17 @@ def test_config_probe_during_outage_moves_the_metric() -> None:
     assert paused_samples(gate) == {"config": 1.0}
 
 
-def test_retry_in_s_is_about_the_probe_interval() -> None:
+def test_a_task_meeting_a_paused_gate_waits_until_just_after_the_next_probe() -> None:
     clock = Clock()
     gate = make_gate(clock, probe_s=5.0)
     gate.record(Verdict.CONFIG, "BadTopic")
-    clock.now += gate.probe_in_s()  # a probe is due: tasks still wait an interval
-    assert gate.retry_in_s() >= 5.0 * (1 - JITTER)
-    probe(gate, clock, Verdict.TEMPORARY)
-    assert gate.retry_in_s() >= 10.0 * (1 - JITTER)
+    probe(gate, clock, Verdict.TEMPORARY)  # the interval is now 10 s
+    clock.now += 3
+    wait = gate.retry_in_s()
+    assert gate.probe_in_s() + 5.0 * (1 - JITTER) <= wait <= gate.probe_in_s() + 5.0 * (1 + JITTER)
+    clock.now += gate.probe_in_s()
+    assert gate.admit()  # the probe is out: its answer comes within the wait
+    assert gate.retry_in_s() >= 10.0 + 5.0 * (1 - JITTER)
 
 
 def test_removal_guard_window() -> None:

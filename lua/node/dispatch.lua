@@ -50,6 +50,41 @@ local function check_item(i, item)
     end
 end
 
+local function apply(tube, tube_name, items, skipped)
+    local deltas = {}
+    local letters = {}
+    local removals = {}
+    for _, item in ipairs(items) do
+        local id, action, broadcast, counter, extra = unpack(item, 1, 5)
+        local held = tube:_held(id)
+        if held == nil then
+            table.insert(skipped, id)
+        else
+            if action == 'ack' then
+                tube:_ack(id)
+                if extra ~= nil and extra.remove ~= nil then
+                    table.insert(removals, extra.remove)
+                end
+            elseif action == 'release' then
+                tube:release_many({{id, extra or {}}})
+            else
+                tube:bury(id)
+                table.insert(letters, {tube_name, extra.reason, extra.letter})
+            end
+            if broadcast ~= nil and counter ~= nil then
+                local d = deltas[broadcast] or {}
+                d[counter] = (d[counter] or 0) + 1
+                deltas[broadcast] = d
+            end
+        end
+    end
+    for _, token in ipairs(removals) do
+        subscribers.remove(token)
+    end
+    dead_letters.put_many(letters)
+    broadcasts.progress_add(deltas)
+end
+
 -- Settles sent tasks of one tube in one transaction. Each item is
 -- {task_id, action, broadcast, counter, extra}:
 --   ack      extra.remove: also remove that device (a dead token)
@@ -68,38 +103,17 @@ function M.settle(tube_name, items)
     end
     local skipped = {}
     atomic(function()
-        local deltas = {}
-        local letters = {}
-        local removals = {}
-        for _, item in ipairs(items) do
-            local id, action, broadcast, counter, extra = unpack(item, 1, 5)
-            local held = tube:_held(id)
-            if held == nil then
-                table.insert(skipped, id)
-            else
-                if action == 'ack' then
-                    tube:_ack(id)
-                    if extra ~= nil and extra.remove ~= nil then
-                        table.insert(removals, extra.remove)
-                    end
-                elseif action == 'release' then
-                    tube:release_many({{id, extra or {}}})
-                else
-                    tube:bury(id)
-                    table.insert(letters, {tube_name, extra.reason, extra.letter})
-                end
-                if broadcast ~= nil and counter ~= nil then
-                    local d = deltas[broadcast] or {}
-                    d[counter] = (d[counter] or 0) + 1
-                    deltas[broadcast] = d
-                end
-            end
+        -- Sent again until it lands: a rolled-back attempt (read-only, out
+        -- of memory) must leave the tasks held, or they would be taken and
+        -- sent a second time.
+        local undo = {}
+        box.on_rollback(function() tube:_rehold(undo) end)
+        tube.undo = undo
+        local ok, err = pcall(apply, tube, tube_name, items, skipped)
+        tube.undo = nil
+        if not ok then
+            error(err, 0)
         end
-        for _, token in ipairs(removals) do
-            subscribers.remove(token)
-        end
-        dead_letters.put_many(letters)
-        broadcasts.progress_add(deltas)
     end)
     return skipped
 end

@@ -299,6 +299,30 @@ function Tube:_taken_by_me(id)
     return t
 end
 
+-- Holds again what _unhold noted in `undo`, after the transaction rolled
+-- back: the session that held the tasks still does, so settling them again
+-- works, and nobody takes them meanwhile. A task somebody took in between
+-- stays theirs.
+function Tube:_rehold(undo)
+    for _, u in ipairs(undo) do
+        local id, session, due, utube = unpack(u, 1, 4)
+        if self.owners[id] == nil and self.space:get(id) ~= nil then
+            self.owners[id] = session
+            self.taken = self.taken + 1
+            if due ~= nil then
+                self.deadlines[id] = due
+                if due < self.next_deadline then
+                    self.next_deadline = due
+                    self:_wake_watcher_by(due)
+                end
+            end
+            if self.kind == 'utubettl' then
+                self.busy[utube] = (self.busy[utube] or 0) + 1
+            end
+        end
+    end
+end
+
 function Tube:_hold(t, session, now)
     local id = t[F_ID]
     self.owners[id] = session
@@ -323,11 +347,16 @@ end
 -- ready on disk and free in memory, so it is taken and sent again (a
 -- duplicate, never a lost task; undoing each change exactly cost 15% of the
 -- batch path). The rollback does reset scan_from, or a take would never
--- look back at the task.
+-- look back at the task. A caller that will retry the same transaction
+-- (node.settle) sets self.undo to a table: what was unheld is noted there,
+-- for _rehold.
 function Tube:_unhold(t)
     local id = t[F_ID]
     if self.owners[id] == nil then
         return false
+    end
+    if self.undo ~= nil then
+        table.insert(self.undo, {id, self.owners[id], self.deadlines[id], t[F_UTUBE]})
     end
     if box.is_in_txn() and self.armed_fiber ~= fiber.id() then
         self.armed_fiber = fiber.id()

@@ -13,7 +13,7 @@ local subscribers = require('node.subscribers')
 local config = require('node.config')
 
 local test = tap.test('node')
-test:plan(9)
+test:plan(10)
 
 test:test('migrations are idempotent and use explicit ids', function(t)
     t:plan(6)
@@ -205,6 +205,29 @@ test:test('settling is all or nothing, once per task, and removes dead tokens wi
     local letters = require('node.dead_letters').list(1)
     t:is_deeply({letters[1][3], letters[1][4], tube:peek(c[1])[2]}, {'android', 'no good', '!'},
                 'a bury leaves a dead letter with its reason')
+end)
+
+test:test('a settle rolled back (read-only) leaves its tasks held, so sending it again works', function(t)
+    t:plan(5)
+    local dispatch = require('node.dispatch')
+    local broadcasts = require('node.broadcasts')
+    local tube = queue.tube.ios
+    tube:put_many({'r1', 'r2'})
+    local taken = tube:take_many(2, 0)
+    local items = {{taken[1][1], 'ack', 'b_ro', 'delivered'},
+                   {taken[2][1], 'release', 'b_ro', 'retries', {delay = 30}}}
+    box.cfg({read_only = true})
+    local ok = pcall(dispatch.settle, 'ios', items)
+    box.cfg({read_only = false})
+    t:ok(not ok, 'the progress write fails while read-only, and the whole settle with it')
+    t:ok(tube:_held(taken[1][1]) ~= nil and tube:_held(taken[2][1]) ~= nil, 'both tasks are still held')
+    local again = {}
+    for _, task in ipairs(tube:take_many(1000, 0)) do
+        again[task[1]] = true
+    end
+    t:ok(not again[taken[1][1]] and not again[taken[2][1]], 'so nobody takes them again')
+    t:is_deeply(dispatch.settle('ios', items), {}, 'sent again, it lands')
+    t:is(broadcasts.progress('b_ro').delivered, 1, 'counted once')
 end)
 
 test:test('guest may connect and nothing else; public may not run SQL LUA()', function(t)
