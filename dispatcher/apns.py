@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import ssl
 import time
@@ -104,6 +105,9 @@ class _Protocol(APNsTLSClientProtocol):
         self.conn = jh2_connection.H2Connection()
         self._bodies: dict[int, bytearray] = {}
         self._inbound = bytearray()
+        # Set when the server grants more send window (WINDOW_UPDATE, SETTINGS).
+        self._window_opened = asyncio.Event()
+        self._failure_logged = False
 
     @property
     def is_busy(self) -> bool:
@@ -118,6 +122,8 @@ class _Protocol(APNsTLSClientProtocol):
 
     def on_stream_ended(self, stream_id: int) -> None:
         body = self._bodies.pop(stream_id, None)
+        if stream_id not in self.request_streams:
+            return  # reset by us after a timeout, its slot given back then
         if body:
             super().on_data_received(bytes(body), stream_id)
         self.request_streams.pop(stream_id, None)
@@ -146,8 +152,11 @@ class _Protocol(APNsTLSClientProtocol):
                 self.on_data_received(event.data, event.stream_id)
             elif isinstance(event, jh2_events.StreamEnded):
                 self.on_stream_ended(event.stream_id)
+            elif isinstance(event, jh2_events.WindowUpdated):
+                self._window_opened.set()
             elif isinstance(event, jh2_events.RemoteSettingsChanged):
                 self.on_remote_settings_changed(event.changed_settings)
+                self._window_opened.set()
             elif isinstance(event, jh2_events.ConnectionTerminated):
                 self.on_connection_terminated(event)
 
@@ -174,27 +183,64 @@ class _Protocol(APNsTLSClientProtocol):
     async def send_notification(self, request: NotificationRequest) -> NotificationResult:
         if self.terminated:
             raise ConnectionClosed("connection received GOAWAY")
+        stream_id = await self.free_channels.acquire()
+        sent = False
         try:
-            return await super().send_notification(request)
+            data = json.dumps(request.message, ensure_ascii=False).encode()
+            # aioapns sends whatever the window: past the connection's 64 KiB
+            # (600 small pushes in flight) h2 refuses, and the request dies
+            # with its headers already sent. Wait for the server's window.
+            while self.conn.outbound_flow_control_window < len(data):
+                self._window_opened.clear()
+                await self._window_opened.wait()
+                if self.terminated:
+                    raise ConnectionClosed("connection received GOAWAY")
+            self.conn.send_headers(stream_id=stream_id, headers=self._headers(request))
+            self.conn.send_data(stream_id=stream_id, data=data, end_stream=True)
+            self.flush()
+            sent = True
         except H2ProtocolError as e:
             # The connection closed under us: the pool retries elsewhere.
-            if not self.terminated:
-                self.terminated = True
+            if not self._failure_logged:
+                self._failure_logged = True
                 log.warning("APNs connection failed: %s: %s", type(e).__name__, e)
             raise ConnectionClosed(str(e)) from None
+        finally:
+            if not sent:  # no stream will end to give the slot back
+                self.free_channels.release()
+        future: asyncio.Future[NotificationResult] = asyncio.get_running_loop().create_future()
+        self.requests[request.notification_id] = future
+        self.request_streams[stream_id] = request.notification_id
+        try:
+            return await future
         except asyncio.CancelledError:
             # Timed out: forget it, and reset its stream, or the stream would
             # count against the server's concurrency limit until the
             # connection dies of too many streams.
             self.requests.pop(request.notification_id, None)
-            for stream_id, notification_id in list(self.request_streams.items()):
-                if notification_id == request.notification_id:
-                    del self.request_streams[stream_id]
-                    self._bodies.pop(stream_id, None)
-                    with contextlib.suppress(H2ProtocolError):
-                        self.conn.reset_stream(stream_id, ErrorCodes.CANCEL)
-                        self.flush()
+            if self.request_streams.pop(stream_id, None) is not None:
+                self._bodies.pop(stream_id, None)
+                self.free_channels.release()  # a reset stream never ends
+                with contextlib.suppress(H2ProtocolError):
+                    self.conn.reset_stream(stream_id, ErrorCodes.CANCEL)
+                    self.flush()
             raise
+
+    def _headers(self, request: NotificationRequest) -> list[tuple[str, str]]:
+        headers = [(":method", "POST"), (":scheme", "https"), (":path", f"/3/device/{request.device_token}"),
+                   ("host", self.APNS_SERVER), ("apns-id", request.notification_id),
+                   ("apns-topic", request.apns_topic or self.apns_topic)]
+        if request.time_to_live is not None:
+            headers.append(("apns-expiration", str(int(time.time()) + request.time_to_live)))
+        if request.priority is not None:
+            headers.append(("apns-priority", str(request.priority)))
+        if request.collapse_key is not None:
+            headers.append(("apns-collapse-id", request.collapse_key))
+        if request.push_type is not None:
+            headers.append(("apns-push-type", request.push_type.value))
+        if self.auth_provider:
+            headers.append(("authorization", self.auth_provider.get_header()))
+        return headers
 
 
 class _Dialler:

@@ -118,6 +118,10 @@ class _Connection(asyncio.Protocol):
             raise H2Error("connection is closing", unprocessed=True)
         stream_id = self.h2.get_next_available_stream_id()
         future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        # A caller that gave up (stopping, a timeout) no longer awaits it:
+        # its failure when the connection closes is expected, not "never
+        # retrieved".
+        future.add_done_callback(_retrieved)
         self.h2.send_headers(stream_id, headers, end_stream=not body)
         self.streams[stream_id] = _Stream(future, memoryview(body))
         self._send_body(stream_id)
@@ -288,7 +292,7 @@ class H2Client:
             raise H2Error(f"connection refused the request: {e}", unprocessed=True) from None
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
-        except TimeoutError:
+        except (TimeoutError, asyncio.CancelledError):
             conn.forget(future)
             raise
 
@@ -296,3 +300,8 @@ class H2Client:
         for conn in self._connections:
             conn._close()
         self._connections = []
+
+
+def _retrieved(future: asyncio.Future[Response]) -> None:
+    if not future.cancelled():
+        future.exception()

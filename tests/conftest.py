@@ -112,14 +112,10 @@ def fcm_token(n: int) -> str:
 
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Dispatcher]:
-    from tests.e2e import settings_for
+    from tests.e2e import running, settings_for
 
-    d = Dispatcher(settings_for(tmp_path))
-    await d.start()
-    try:
+    async with running(settings_for(tmp_path)) as d:
         yield d
-    finally:
-        await d.stop()
 
 
 @pytest.fixture

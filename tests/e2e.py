@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,17 @@ def settings_for(tmp_path: Path, **dispatch: Any) -> Settings:
                                         "guard_confirm_s": 0.2, "pause_probe_s": 0.2, "pause_probe_cap_s": 1.0,
                                         **dispatch}),
     })
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Dispatcher]:
+    """A whole node, started, and stopped afterwards whatever happens."""
+    d = Dispatcher(settings)
+    await d.start()
+    try:
+        yield d
+    finally:
+        await d.stop()
 
 
 class Client:

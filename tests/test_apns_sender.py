@@ -256,3 +256,18 @@ async def test_unreadable_or_wrong_key_is_a_config_error(gateways: FakeGateways,
     not_a_key.write_text("hello")
     with pytest.raises(ConfigError, match=r"apns.key_path: .* is not an ES256 .p8 key"):
         ApnsSender(apns_settings_for(gateways).model_copy(update={"key_path": not_a_key}))
+
+
+async def test_a_full_window_of_pushes_waits_for_the_servers_flow_control(gateways: FakeGateways) -> None:
+    """1,000 pushes of ~300 bytes at once are ~300 KiB, past the 64 KiB a
+    new HTTP/2 connection may send before the server grants more: the
+    sender waits for the window instead of failing the pushes past it."""
+    sender = ApnsSender(apns_settings_for(gateways, connections=1, in_flight=1000))
+    payload = {"aps": {"alert": {"title": "t" * 100, "body": "b" * 150}}}
+    gateways.apns.faults.set(Faults(slow_share=1.0, slow_s=0.5))  # all 1,000 on the wire at once
+    try:
+        outcomes = await asyncio.gather(*(sender.send(Push(apns_token(i), payload)) for i in range(1000)))
+    finally:
+        await sender.close()
+    assert [o.reason for o in outcomes if not o.delivered] == []
+    assert gateways.stats()["apns"]["connections"] == 1

@@ -23,7 +23,7 @@ from dispatcher.service import Dispatcher
 from dispatcher.subscribers import Registration
 from tests.admin import console
 from tests.conftest import apns_token, fcm_token
-from tests.e2e import MESSAGE, Client, register, settings_for, start_broadcast, wait_done
+from tests.e2e import MESSAGE, Client, register, running, settings_for, start_broadcast, wait_done
 
 
 async def eventually(check: Callable[[], Any], timeout_s: float = 20, what: str = "") -> None:
@@ -59,12 +59,8 @@ async def buried(node: Dispatcher) -> int:
 
 @pytest.fixture
 async def apps_node(tmp_path: Path) -> AsyncIterator[Dispatcher]:
-    d = Dispatcher(settings_for(tmp_path, guard_min_sends=200, guard_confirm_s=3.0))
-    await d.start()
-    try:
+    async with running(settings_for(tmp_path, guard_min_sends=200, guard_confirm_s=3.0)) as d:
         yield d
-    finally:
-        await d.stop()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from dispatcher import metrics
 from dispatcher.fakes.faults import Faults
 from dispatcher.service import Dispatcher
 from tests.admin import console
-from tests.e2e import Client, register, settings_for, start_broadcast, wait_done
+from tests.e2e import Client, register, running, settings_for, start_broadcast, wait_done
 from tests.test_send_path import dead_letters, eventually
 
 
@@ -31,13 +31,8 @@ async def taken(node: Dispatcher) -> int:
 
 @pytest.fixture
 async def big_node(tmp_path: Path) -> AsyncIterator[tuple[Dispatcher, Client]]:
-    d = Dispatcher(settings_for(tmp_path))
-    await d.start()
-    try:
-        async with aiohttp.ClientSession() as http:
-            yield d, Client(d, http)
-    finally:
-        await d.stop()
+    async with running(settings_for(tmp_path)) as d, aiohttp.ClientSession() as http:
+        yield d, Client(d, http)
 
 
 @pytest.mark.parametrize("stall", ["sigstop", "read_only"])
@@ -89,9 +84,7 @@ async def test_a_long_gateway_outage_delivers_what_is_still_worth_it(tmp_path: P
     pushes whose ttl outlives it are delivered, the others expire unsent;
     no dead letter; while paused, one probe at a time."""
     outage_s = 20.0
-    node = Dispatcher(settings_for(tmp_path))
-    await node.start()
-    try:
+    async with running(settings_for(tmp_path)) as node:
         assert node.fakes is not None and node.apps is not None
         apns = node.fakes.apns
         await register(node, 2000)  # 1,000 iOS
@@ -126,17 +119,13 @@ async def test_a_long_gateway_outage_delivers_what_is_still_worth_it(tmp_path: P
               f"then {during} requests in {quiet_s:.1f} s ({during / quiet_s * 60:.0f}/min), connections "
               f"{connections}; delivered {long_done['progress']['delivered']} + {s['delivered']}, expired "
               f"{s['expired']}, dead letters 0; all delivered {recovered_s:.1f} s after healing")
-    finally:
-        await node.stop()
 
 
 async def test_a_gateway_refusing_connections_gets_few_attempts(tmp_path: Path) -> None:
     """FCM refuses every connection for refuse_s: the connection attempts are
     counted, bounded by the reconnect backoff, not one per waiting push."""
     refuse_s = 60.0
-    node = Dispatcher(settings_for(tmp_path))
-    await node.start()
-    try:
+    async with running(settings_for(tmp_path)) as node:
         assert node.fakes is not None
         fcm = node.fakes.fcm
         await register(node, 1000)  # 500 Android
@@ -154,8 +143,6 @@ async def test_a_gateway_refusing_connections_gets_few_attempts(tmp_path: Path) 
         assert 1 <= attempts <= 20, f"{attempts} connection attempts in {refuse_s:.0f} s for 500 waiting pushes"
         print(f"\nrefused {refuse_s:.0f} s: {attempts} connection attempts ({attempts / refuse_s * 60:.0f}/min); "
               f"delivered {time.monotonic() - healed:.1f} s after the gateway took connections again")
-    finally:
-        await node.stop()
 
 
 async def test_a_failed_fanout_step_is_released_and_retried(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -164,9 +151,7 @@ async def test_a_failed_fanout_step_is_released_and_retried(tmp_path: Path, capl
     node-local, so the release itself is written), and the broadcast
     finishes long before the fan-out tasks' ttr (120 s) could have brought
     them back."""
-    node = Dispatcher(settings_for(tmp_path, fanout_page=200, high_water=400))
-    await node.start()
-    try:
+    async with running(settings_for(tmp_path, fanout_page=200, high_water=400)) as node:
         assert node.fakes is not None
         regs = await register(node, 10_000)
         node.fakes.apns.faults.set(Faults(slow_share=1.0, slow_s=0.05))
@@ -186,5 +171,3 @@ async def test_a_failed_fanout_step_is_released_and_retried(tmp_path: Path, capl
         await eventually(lambda: _taken_is_zero(node), timeout_s=10, what="nothing left taken")
         print(f"\nread-only fan-out: {len(failed)} steps failed; done {time.monotonic() - resumed:.1f} s after "
               "Tarantool took writes again")
-    finally:
-        await node.stop()

@@ -307,28 +307,21 @@ function Tube:_rehold(undo)
     for _, u in ipairs(undo) do
         local id, session, due, utube = unpack(u, 1, 4)
         if self.owners[id] == nil and self.space:get(id) ~= nil then
-            self.owners[id] = session
-            self.taken = self.taken + 1
-            if due ~= nil then
-                self.deadlines[id] = due
-                if due < self.next_deadline then
-                    self.next_deadline = due
-                    self:_wake_watcher_by(due)
-                end
-            end
-            if self.kind == 'utubettl' then
-                self.busy[utube] = (self.busy[utube] or 0) + 1
-            end
+            self:_own(id, session, due, utube)
         end
     end
 end
 
 function Tube:_hold(t, session, now)
-    local id = t[F_ID]
+    local due = t[F_TTR] < state.NEVER_MS and now + t[F_TTR] or nil
+    self:_own(t[F_ID], session, due, t[F_UTUBE])
+end
+
+-- Task `id` is held by `session` until `due` (ms; nil: no ttr).
+function Tube:_own(id, session, due, utube)
     self.owners[id] = session
     self.taken = self.taken + 1
-    if t[F_TTR] < state.NEVER_MS then
-        local due = now + t[F_TTR]
+    if due ~= nil then
         self.deadlines[id] = due
         if due < self.next_deadline then
             self.next_deadline = due
@@ -336,8 +329,7 @@ function Tube:_hold(t, session, now)
         end
     end
     if self.kind == 'utubettl' then
-        local u = t[F_UTUBE]
-        self.busy[u] = (self.busy[u] or 0) + 1
+        self.busy[utube] = (self.busy[utube] or 0) + 1
     end
 end
 
