@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from dispatcher import metrics
@@ -39,11 +40,16 @@ def bury(task_id: int, broadcast: str | None, reason: str, letter: Any) -> Item:
 
 
 class Settler:
-    def __init__(self, store: Store, tube: str, batch: int, interval_s: float) -> None:
+    """``on_landed(n)`` is called as each batch of n items has landed (or
+    been refused: its tasks come back by ttr)."""
+
+    def __init__(self, store: Store, tube: str, batch: int, interval_s: float,
+                 on_landed: Callable[[int], None] = lambda n: None) -> None:
         self.store = store
         self.tube = tube
         self.batch = batch
         self.interval_s = interval_s
+        self.on_landed = on_landed
         self._items: list[Item] = []
         self._due = asyncio.Event()
         self._landing: set[asyncio.Task[None]] = set()
@@ -82,11 +88,15 @@ class Settler:
             await asyncio.shield(asyncio.gather(*self._landing, return_exceptions=True))
 
     @property
-    def pending(self) -> int:
-        return len(self._items) + len(self._landing)
+    def unflushed(self) -> int:
+        return len(self._items)
+
 
     async def _land(self, items: list[Item]) -> None:
-        await land(self.store, self.tube, items)
+        try:
+            await land(self.store, self.tube, items)
+        finally:
+            self.on_landed(len(items))
 
 
 RETRY_FIRST_S = 0.1

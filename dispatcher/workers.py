@@ -69,8 +69,12 @@ class SendPipeline:
         # a round trip per freed slot, not lockstep either.
         self.take_at = max(1, min(self.batch, self.window // 10))
         self.request_timeout_s = request_timeout_s
-        self.settler = Settler(store, tube.name, dispatch.settle_batch, dispatch.settle_interval_s)
+        self.settler = Settler(store, tube.name, dispatch.settle_batch, dispatch.settle_interval_s, self._landed)
         self._in_flight: set[asyncio.Task[None]] = set()
+        # Tasks taken and not yet settled (in flight, or sent and waiting for
+        # their settle to land): the window bounds these, so a crash sends
+        # at most a window's worth twice.
+        self._held = 0
         self._slot_freed = asyncio.Event()
         # Tasks in a row that met a paused gate: at a take's worth, the
         # queue holds the paused apps' tasks, and taking them only to put
@@ -91,9 +95,11 @@ class SendPipeline:
 
     async def _take_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            free = self.window - len(self._in_flight)
-            if free < self.take_at and self._in_flight:
+            free = self.window - self._held
+            if free < self.take_at and self._held:
                 self._slot_freed.clear()
+                if self.settler.unflushed:
+                    self.settler.flush()  # the window is full: settle now, not at the next tick
                 await _first(self._slot_freed.wait(), stop.wait())
                 continue
             paused = [g for g in self.apps.gates(self.platform) if g.paused]
@@ -111,6 +117,7 @@ class SendPipeline:
                 log.warning("%s: cannot take tasks: %s", self.platform, e)
                 await _first(asyncio.sleep(1), stop.wait())
                 continue
+            self._held += len(tasks)
             for task in tasks:
                 handling = asyncio.create_task(self._handle(task))
                 self._in_flight.add(handling)
@@ -118,6 +125,9 @@ class SendPipeline:
 
     def _done(self, handling: asyncio.Task[None]) -> None:
         self._in_flight.discard(handling)
+
+    def _landed(self, n: int) -> None:
+        self._held -= n
         self._slot_freed.set()
 
     async def _handle(self, task: Task) -> None:
