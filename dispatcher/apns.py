@@ -183,7 +183,7 @@ class _Protocol(APNsTLSClientProtocol):
     async def send_notification(self, request: NotificationRequest) -> NotificationResult:
         if self.terminated:
             raise ConnectionClosed("connection received GOAWAY")
-        stream_id = await self.free_channels.acquire()
+        await self.free_channels.acquire()  # a slot; its stream id is taken below
         sent = False
         try:
             data = json.dumps(request.message, ensure_ascii=False).encode()
@@ -195,6 +195,9 @@ class _Protocol(APNsTLSClientProtocol):
                 await self._window_opened.wait()
                 if self.terminated:
                     raise ConnectionClosed("connection received GOAWAY")
+            # The id only now: streams must open in the order of their ids,
+            # and waiters wake in any order.
+            stream_id = self.conn.get_next_available_stream_id()
             self.conn.send_headers(stream_id=stream_id, headers=self._headers(request))
             self.conn.send_data(stream_id=stream_id, data=data, end_stream=True)
             self.flush()

@@ -3,6 +3,7 @@ ports, each in its own temporary directory, and always stop them."""
 
 from __future__ import annotations
 
+import random
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -27,9 +28,16 @@ TEST_PASSWORD = "test-password-123"
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port below the kernel's ephemeral range (32768 up), so
+    that no outgoing connection takes it between this check and its use."""
+    while True:
+        port = random.randint(20000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def node_settings(data_dir: Path, name: str = "test", port: int | None = None) -> Settings:

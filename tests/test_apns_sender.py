@@ -258,15 +258,20 @@ async def test_unreadable_or_wrong_key_is_a_config_error(gateways: FakeGateways,
         ApnsSender(apns_settings_for(gateways).model_copy(update={"key_path": not_a_key}))
 
 
-async def test_a_full_window_of_pushes_waits_for_the_servers_flow_control(gateways: FakeGateways) -> None:
+@pytest.mark.parametrize("sizes", [(250,), (3000, 20)], ids=["same-size", "mixed-sizes"])
+async def test_a_full_window_of_pushes_waits_for_the_servers_flow_control(gateways: FakeGateways,
+                                                                          sizes: tuple[int, ...]) -> None:
     """1,000 pushes of ~300 bytes at once are ~300 KiB, past the 64 KiB a
     new HTTP/2 connection may send before the server grants more: the
-    sender waits for the window instead of failing the pushes past it."""
+    sender waits for the window instead of failing the pushes past it. With
+    big and small pushes mixed, small ones go while big ones wait: streams
+    must still open in the order of their ids."""
     sender = ApnsSender(apns_settings_for(gateways, connections=1, in_flight=1000))
-    payload = {"aps": {"alert": {"title": "t" * 100, "body": "b" * 150}}}
+    payloads = [{"aps": {"alert": {"title": "t", "body": "b" * size}}} for size in sizes]
     gateways.apns.faults.set(Faults(slow_share=1.0, slow_s=0.5))  # all 1,000 on the wire at once
     try:
-        outcomes = await asyncio.gather(*(sender.send(Push(apns_token(i), payload)) for i in range(1000)))
+        outcomes = await asyncio.gather(*(sender.send(Push(apns_token(i), payloads[i % len(payloads)]))
+                                          for i in range(1000)))
     finally:
         await sender.close()
     assert [o.reason for o in outcomes if not o.delivered] == []
