@@ -16,6 +16,13 @@
 - After GOAWAY aioapns closes at once and resends every request in flight on
   another connection, so pushes the server had taken arrive twice. Ours
   fails only the requests the server did not take and waits for the rest.
+- aioapns sends past the connection's flow-control window (beyond 64 KiB in
+  flight the request dies with its headers sent) and numbers a stream before
+  any wait; ours waits for the window and numbers the stream as it opens.
+- aioapns leaves a timed-out request's stream open and its slot taken; ours
+  resets the stream and gives the slot back.
+- aioapns dials once per waiting push after a failed connect; ours waits
+  out a jittered delay (backoff.ReconnectDelay), failing fast meanwhile.
 """
 
 from __future__ import annotations
@@ -254,16 +261,8 @@ class _Dialler:
     reconnect: ReconnectDelay
 
     async def create_connection(self) -> APNsBaseClientProtocol:
-        loop = asyncio.get_running_loop()
-        if self.reconnect.wait_s(loop.time()) > 0:
-            raise ApnsConnectionError("waiting before the next connection attempt")
-        try:
-            connection = await self._dial()
-        except Exception:
-            self.reconnect.attempted(loop.time(), ok=False)
-            raise
-        self.reconnect.attempted(loop.time(), ok=True)
-        return connection
+        return await self.reconnect.dial(
+            self._dial, lambda wait: ApnsConnectionError(f"next connection attempt in {wait:.1f} s"))
 
     async def _dial(self) -> APNsBaseClientProtocol:
         raise NotImplementedError

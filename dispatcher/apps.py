@@ -107,12 +107,9 @@ class Apps:
         return names[0] if len(names) == 1 else None
 
     def window(self, platform: str) -> int:
-        """Pushes a platform keeps in flight: each distinct sender's in_flight."""
-        seen: dict[int, int] = {}
-        for (_, p), r in self.routes.items():
-            if p == platform:
-                seen[id(r.sender)] = max(seen.get(id(r.sender), 0), r.in_flight)
-        return sum(seen.values())
+        """Pushes a platform keeps in flight: each distinct sender's in_flight
+        (apps sharing a sender share all its settings, in_flight included)."""
+        return sum({id(r.sender): r.in_flight for (_, p), r in self.routes.items() if p == platform}.values())
 
     async def close(self) -> None:
         for sender in self._senders:

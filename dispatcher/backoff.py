@@ -6,11 +6,17 @@ the pushes it deferred do not all come back in the same instant."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-# Retry-After gets up to this share of itself added at random.
-RETRY_AFTER_JITTER = 0.2
+T = TypeVar("T")
+
+# Retry-After gets up to this share of itself added at random; other waits
+# (probes, pauses) this much either way.
+JITTER = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +34,7 @@ class Backoff:
         (at most retry_after_cap_s) plus up to a fifth of it."""
         if retry_after_s is not None:
             wait = min(retry_after_s, self.retry_after_cap_s)
-            return wait * (1 + self.rng.uniform(0, RETRY_AFTER_JITTER))
+            return wait * (1 + self.rng.uniform(0, JITTER))
         ceiling = min(self.cap_s, self.base_s * 2 ** max(attempt - 1, 0))
         return self.rng.uniform(0, ceiling)
 
@@ -44,7 +50,7 @@ class Backoff:
     def jittered(self, seconds: float) -> float:
         """``seconds`` give or take a fifth: spreads waits that would
         otherwise end together (probes, pauses)."""
-        return seconds * self.rng.uniform(1 - RETRY_AFTER_JITTER, 1 + RETRY_AFTER_JITTER)
+        return seconds * self.rng.uniform(1 - JITTER, 1 + JITTER)
 
 
 class ReconnectDelay:
@@ -63,6 +69,22 @@ class ReconnectDelay:
     def wait_s(self, now: float) -> float:
         """Seconds before the next attempt may be made (0: now)."""
         return max(0.0, self._retry_at - now)
+
+    async def dial(self, connect: Callable[[], Awaitable[T]], waiting: Callable[[float], Exception]) -> T:
+        """``connect()``, unless the delay after the last failure is still
+        running: then ``waiting(seconds left)`` is raised at once. A connect
+        that raises counts as a failure."""
+        loop = asyncio.get_running_loop()
+        wait = self.wait_s(loop.time())
+        if wait > 0:
+            raise waiting(wait)
+        try:
+            connection = await connect()
+        except Exception:
+            self.attempted(loop.time(), ok=False)
+            raise
+        self.attempted(loop.time(), ok=True)
+        return connection
 
     def attempted(self, now: float, ok: bool) -> None:
         self.attempts += 1

@@ -6,6 +6,7 @@ run by this process. Ctrl-C stops them all."""
 from __future__ import annotations
 
 import asyncio
+import random
 import secrets
 import socket
 import sys
@@ -41,15 +42,23 @@ UP_MARK = " is up"
 FAKE_IN_FLIGHT = 250
 
 
+def free_port() -> int:
+    """A free loopback port below the kernel's ephemeral range (32768 up), so
+    that no outgoing connection takes it between this check and its use."""
+    while True:
+        port = random.randint(20000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
 def _ports(base: int, count: int) -> list[int]:
     if base:
         return [base + i for i in range(count)]
-    ports = []
-    for _ in range(count):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(int(s.getsockname()[1]))
-    return ports
+    return [free_port() for _ in range(count)]
 
 
 def cluster_settings(directory: Path, count: int, tarantool_base: int, http_base: int, fakes: FakeGateways,

@@ -266,17 +266,15 @@ class H2Client:
 
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        wait = self.reconnect.wait_s(loop.time())
-        if wait > 0:
-            raise H2Error(f"cannot connect to {self.authority}: next attempt in {wait:.1f} s", unprocessed=True)
         try:
-            _, conn = await asyncio.wait_for(loop.create_connection(
-                _Connection, self.host, self.port, ssl=self._ssl,
-                server_hostname=self.host if self._ssl else None), self.timeout_s)
+            _, conn = await self.reconnect.dial(
+                lambda: asyncio.wait_for(loop.create_connection(
+                    _Connection, self.host, self.port, ssl=self._ssl,
+                    server_hostname=self.host if self._ssl else None), self.timeout_s),
+                lambda wait: H2Error(f"cannot connect to {self.authority}: next attempt in {wait:.1f} s",
+                                     unprocessed=True))
         except (OSError, TimeoutError, ssl.SSLError) as e:
-            self.reconnect.attempted(loop.time(), ok=False)
             raise H2Error(f"cannot connect to {self.authority}: {e}", unprocessed=True) from None
-        self.reconnect.attempted(loop.time(), ok=True)
         self._connections.append(conn)
         return conn
 

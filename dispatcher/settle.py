@@ -91,7 +91,6 @@ class Settler:
     def unflushed(self) -> int:
         return len(self._items)
 
-
     async def _land(self, items: list[Item]) -> None:
         try:
             await land(self.store, self.tube, items)

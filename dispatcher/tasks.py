@@ -30,6 +30,11 @@ class SendTask:
     # removes the device (the mass-removal guard's confirmation).
     suspect: bool = False
 
+    @property
+    def broadcast(self) -> str | None:
+        """The broadcast's id, or None for a one-off push."""
+        return self.ref if self.kind == "b" else None
+
     def wire(self) -> list[Any]:
         return [self.kind, self.ref, self.token, self.platform, self.expires_at, self.attempt, self.first_attempt_at,
                 self.app, self.suspect]

@@ -102,8 +102,9 @@ class SendPipeline:
                     self.settler.flush()  # the window is full: settle now, not at the next tick
                 await _first(self._slot_freed.wait(), stop.wait())
                 continue
-            paused = [g for g in self.apps.gates(self.platform) if g.paused]
-            if paused and (len(paused) == len(self.apps.gates(self.platform)) or self._met_paused >= self.take_at):
+            gates = self.apps.gates(self.platform)
+            paused = [g for g in gates if g.paused]
+            if paused and (len(paused) == len(gates) or self._met_paused >= self.take_at):
                 # Take nothing but one task at a time: a probe when one is due.
                 wait = min(g.probe_in_s() for g in paused)
                 await _first(asyncio.sleep(min(wait, IDLE_CHECK_S)), stop.wait())
@@ -136,7 +137,7 @@ class SendPipeline:
         except ValueError as e:
             self._bury(task, None, f"malformed task: {e}", task.data)
             return
-        broadcast = send.ref if send.kind == "b" else None
+        broadcast = send.broadcast
         try:
             item = await self._attempt(task, send)
         except StoreError as e:
@@ -177,7 +178,7 @@ class SendPipeline:
         return body, broadcast.spec.get("collapse_key"), app
 
     async def _attempt(self, task: Task, send: SendTask) -> Item:
-        b = send.ref if send.kind == "b" else None
+        b = send.broadcast
         now = time.time()
         if now >= send.expires_at:
             return self._expired(task, b)

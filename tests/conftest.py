@@ -3,8 +3,6 @@ ports, each in its own temporary directory, and always stop them."""
 
 from __future__ import annotations
 
-import random
-import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +11,7 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
+from dispatcher.cluster_up import free_port
 from dispatcher.config import ApnsSettings, FcmSettings, NodeSettings, Settings, TarantoolSettings
 from dispatcher.fakes.gateways import FakeGateways
 from dispatcher.queue import Queue
@@ -25,19 +24,6 @@ if TYPE_CHECKING:
     from tests.e2e import Client
 
 TEST_PASSWORD = "test-password-123"
-
-
-def free_port() -> int:
-    """A free loopback port below the kernel's ephemeral range (32768 up), so
-    that no outgoing connection takes it between this check and its use."""
-    while True:
-        port = random.randint(20000, 32000)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
 
 
 def node_settings(data_dir: Path, name: str = "test", port: int | None = None) -> Settings:

@@ -54,6 +54,7 @@ local function apply(tube, tube_name, items, skipped)
     local deltas = {}
     local letters = {}
     local removals = {}
+    local released = false
     for _, item in ipairs(items) do
         local id, action, broadcast, counter, extra = unpack(item, 1, 5)
         local held = tube:_held(id)
@@ -66,7 +67,8 @@ local function apply(tube, tube_name, items, skipped)
                     table.insert(removals, extra.remove)
                 end
             elseif action == 'release' then
-                tube:release_many({{id, extra or {}}})
+                tube:_release(held, extra or {})
+                released = true
             else
                 tube:bury(id)
                 table.insert(letters, {tube_name, extra.reason, extra.letter})
@@ -83,6 +85,9 @@ local function apply(tube, tube_name, items, skipped)
     end
     dead_letters.put_many(letters)
     broadcasts.progress_add(deltas)
+    if released then
+        tube.takers:broadcast()
+    end
 end
 
 -- Settles sent tasks of one tube in one transaction. Each item is
