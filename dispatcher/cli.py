@@ -22,6 +22,7 @@ from dispatcher.errors import ConfigError, DispatcherError
 from dispatcher.fakes.faults import Faults
 from dispatcher.fakes.gateways import FakeGateways
 from dispatcher.preflight import refusals, warnings
+from dispatcher.secrets_dir import make_secrets
 from dispatcher.service import Dispatcher
 
 log = logging.getLogger("dispatcher")
@@ -45,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     for name, port in (("apns", 2197), ("fcm", 8443), ("oauth", 8444), ("stats", 8445)):
         fakes.add_argument(f"--{name}-port", type=int, default=port, help=f"default {port}; 0 picks a free one")
     fakes.add_argument("--faults", type=Path, help='JSON file: {"apns": {...}, "fcm": {...}} (see fakes/faults.py)')
+    fakes.add_argument("--public-host", help="the name nodes reach the fakes by (a container's), added to their "
+                                             "certificate and to the service accounts' token_uri")
+    fakes.add_argument("--apns-key-id", help="the APNs key's 10-character id (default: a random one), so that nodes' "
+                                             "settings can name it in advance")
+    fakes.add_argument("--apns-team-id", help="the APNs team id (default: a random one)")
+    secrets_cmd = commands.add_parser("make-secrets", help="write a cluster's secrets (Tarantool and replicator "
+                                                           "passwords, an API key) as files for DISPATCHER_SECRETS_DIR")
+    secrets_cmd.add_argument("dir", type=Path, help="the directory; secrets already in it are kept")
     cluster = commands.add_parser("cluster", help="a local cluster for development and tests")
     cluster.add_argument("action", choices=["up"], help="up: start the nodes, Ctrl-C stops them")
     cluster.add_argument("--nodes", type=int, default=3)
@@ -138,8 +147,12 @@ async def _run_fakes(args: argparse.Namespace) -> None:
             raise ConfigError(f"--faults: {args.faults}: {e}") from None
     stop = _stop_on_signals()
     ports = {name: getattr(args, f"{name}_port") for name in ("apns", "fcm", "oauth", "stats")}
+    for option in ("apns_key_id", "apns_team_id"):
+        value = getattr(args, option)
+        if value is not None and not (len(value) == 10 and value.isalnum()):
+            raise ConfigError(f"--{option.replace('_', '-')}: 10 letters or digits")
     fakes = FakeGateways(args.dir, host=args.host, apns_faults=faults.get("apns"), fcm_faults=faults.get("fcm"),
-                         ports=ports)
+                         ports=ports, public_host=args.public_host, apns_ids=(args.apns_key_id, args.apns_team_id))
     try:
         await fakes.start()
     except OSError as e:
@@ -178,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "fake-gateways":
             uvloop.run(_run_fakes(args))
+            return 0
+        if args.command == "make-secrets":
+            for path in make_secrets(args.dir):
+                print(f"made {path}")
             return 0
         if args.command == "cluster":
             if not 1 <= args.nodes <= 16:

@@ -16,11 +16,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NestedSecretsSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from dispatcher.errors import ConfigError
 
 CONFIG_ENV = "DISPATCHER_CONFIG"
+# A directory of secret files, one per setting, named as its variable
+# (dispatcher_tarantool__password): Docker's and Kubernetes' secrets, or
+# what `dispatcher make-secrets` wrote.
+SECRETS_ENV = "DISPATCHER_SECRETS_DIR"
 DEV_PASSWORD = "dispatcher-dev-password"
 MIN_SECRET_CHARS = 12
 
@@ -317,8 +326,14 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The file's values come in as init arguments; the environment wins.
-        return (env_settings, init_settings)
+        # The file's values come in as init arguments; secret files win over
+        # them, and the environment over both.
+        secrets_dir = os.environ.get(SECRETS_ENV)
+        if not secrets_dir:
+            return (env_settings, init_settings)
+        secrets = NestedSecretsSettingsSource(file_secret_settings, secrets_dir=secrets_dir,
+                                              secrets_nested_delimiter="__", secrets_prefix="DISPATCHER_")
+        return (env_settings, secrets, init_settings)
 
     @model_validator(mode="after")
     def _wire_cluster(self) -> Settings:
@@ -420,6 +435,9 @@ def load_settings(path: Path | str | None = None, overrides: dict[str, dict[str,
     if path is None and os.environ.get(CONFIG_ENV):
         path = os.environ[CONFIG_ENV]
     values = _read_file(Path(path)) if path is not None else {}
+    secrets_dir = os.environ.get(SECRETS_ENV)
+    if secrets_dir and not os.access(secrets_dir, os.R_OK | os.X_OK):
+        raise ConfigError(f"{SECRETS_ENV}: {secrets_dir} is not a directory this user can read")
     for section, fields in (overrides or {}).items():
         values[section] = {**values.get(section, {}), **fields}
     try:

@@ -23,6 +23,11 @@ ENQUEUED = Counter("dispatcher_broadcast_tasks_enqueued_total", "Send tasks enqu
 FANOUT_TAKEN_OVER = Counter("dispatcher_fanout_taken_over_total",
                             "Fan-out tasks this node re-issued for a node down or a silent baton", ["reason"])
 PEERS_ALIVE = Gauge("dispatcher_peers_alive", "Peers whose Tarantool this node reaches now")
+PEERS_CONFIGURED = Gauge("dispatcher_peers_configured", "Peers in this node's cluster list")
+# Replicated figures: every node reports the same, so read them with max by.
+BROADCAST_PROGRESS = Gauge("dispatcher_broadcast_progress",
+                           "Running broadcasts' progress summed over the nodes, by counter (targeted, enqueued, "
+                           "delivered, pending, settled, ...)", ["broadcast", "counter"])
 BROADCASTS = Counter("dispatcher_broadcasts_total", "Broadcasts by what happened to them", ["event"])
 API_REQUESTS = Counter("dispatcher_api_requests_total", "HTTP API requests by route and status",
                        ["route", "status"])

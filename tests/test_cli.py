@@ -115,3 +115,40 @@ def test_check_config_warns_about_unsafe_combinations(tmp_path: Path) -> None:
                      f"config file {config} is readable by other users (mode 644)"):
         assert any(expected in line for line in warnings), (expected, warnings)
     assert "a-long-enough-password" not in out + err
+
+
+def test_make_secrets_writes_private_files_a_node_reads_and_keeps_them(tmp_path: Path) -> None:
+    secrets_dir = tmp_path / "secrets"
+    proc = dispatcher("make-secrets", str(secrets_dir), cwd=tmp_path)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    files = sorted(p.name for p in secrets_dir.iterdir())
+    assert files == ["dispatcher_api__keys", "dispatcher_node__replicator_password",
+                     "dispatcher_tarantool__password"], files
+    assert all((secrets_dir / f).stat().st_mode & 0o777 == 0o600 for f in files)
+    assert secrets_dir.stat().st_mode & 0o777 == 0o700
+    values = {f: (secrets_dir / f).read_text() for f in files}
+    assert not any(v in out + err for v in values.values()), "secrets are not printed"
+    again = dispatcher("make-secrets", str(secrets_dir), cwd=tmp_path)
+    again.communicate(timeout=30)
+    assert {f: (secrets_dir / f).read_text() for f in files} == values, "a second run keeps them"
+
+    env = {"DISPATCHER_SECRETS_DIR": str(secrets_dir), "DISPATCHER_NODE__GATEWAYS": "fake"}
+    check = dispatcher("check-config", cwd=tmp_path, env=env)
+    out, err = check.communicate(timeout=30)
+    assert check.returncode == 0, err
+    assert '"password": "**********"' in out and '"scopes": [\n' in out
+    assert not any(v in out + err for v in values.values())
+    assert "dispatcher-dev-password" not in out
+
+
+def test_an_unreadable_secrets_dir_or_a_bad_secret_names_it(tmp_path: Path) -> None:
+    proc = dispatcher("check-config", cwd=tmp_path, env={"DISPATCHER_SECRETS_DIR": str(tmp_path / "none")})
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "DISPATCHER_SECRETS_DIR" in err and "Traceback" not in err, err
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "dispatcher_api__keys").write_text('[{"key": "short", "scopes": ["admin"]}]')
+    proc = dispatcher("check-config", cwd=tmp_path, env={"DISPATCHER_SECRETS_DIR": str(tmp_path / "s")})
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "api.keys.0.key" in err and "Traceback" not in err, err
+    assert "short" not in err

@@ -113,6 +113,40 @@ async def test_fake_gateways_command_serves_both_gateways(tmp_path: Path) -> Non
             await proc.wait()
 
 
+async def test_fake_gateways_for_containers_name_their_host_and_fixed_ids(tmp_path: Path) -> None:
+    """As compose runs them: listening on every address, reached by a
+    service name that their certificate and OAuth endpoint carry, with APNs
+    ids fixed in advance so that nodes' settings can name them."""
+    from cryptography import x509
+
+    fakes = FakeGateways(tmp_path / "fakes", host="0.0.0.0", public_host="fakes.internal",
+                         apns_ids=("ABCDE12345", "TEAM123456"))
+    await fakes.start()
+    try:
+        cert = x509.load_pem_x509_certificates((tmp_path / "fakes" / "server.pem").read_bytes())[0]
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert "fakes.internal" in names.get_values_for_type(x509.DNSName)
+        account = json.loads((tmp_path / "fakes" / "fcm-service-account.json").read_text())
+        assert account["token_uri"] == f"https://fakes.internal:{fakes.ports['oauth']}/token"
+        assert f"https://fakes.internal:{fakes.ports['apns']}" in fakes.describe()
+        apns = ApnsSender(ApnsSettings(key_path=tmp_path / "fakes" / "AuthKey_ABCDE12345.p8", key_id="ABCDE12345",
+                                       team_id="TEAM123456", topic="com.example.news",
+                                       endpoint=f"127.0.0.1:{fakes.ports['apns']}", ca_path=fakes.credentials.ca_path))
+        try:
+            assert (await apns.send(Push(apns_token(1), {"aps": {}}))).delivered
+        finally:
+            await apns.close()
+    finally:
+        await fakes.stop()
+
+
+def test_fake_gateways_bad_apns_id_names_the_option(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "dispatcher", "fake-gateways", "--dir", str(tmp_path),
+                          "--apns-key-id", "short"], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 2
+    assert "--apns-key-id" in run.stderr and "Traceback" not in run.stderr
+
+
 def test_fake_gateways_bad_faults_file(tmp_path: Path) -> None:
     faults = tmp_path / "faults.json"
     faults.write_text('{"apns": {"dead_share": "lots"}}')

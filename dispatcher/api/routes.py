@@ -47,7 +47,7 @@ from dispatcher.api.models import (
 )
 from dispatcher.api.pressure import ROW_OVERHEAD_BYTES, Pressure
 from dispatcher.api.problems import ApiError, for_exception, invalid
-from dispatcher.broadcasts import COUNTERS, Broadcast, Broadcasts, broadcast_id, shown_state
+from dispatcher.broadcasts import COUNTERS, SETTLED, Broadcast, Broadcasts, broadcast_id, shown_state
 from dispatcher.config import ApiSettings
 from dispatcher.errors import StoreError
 from dispatcher.peers import Peers
@@ -59,6 +59,9 @@ log = logging.getLogger("dispatcher.api")
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
+# /metrics reports the running broadcasts among this many newest (a
+# horoscope's local-time broadcast runs a day; hundreds a day are not usual).
+RECENT_BROADCASTS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +293,7 @@ class Api:
     async def metrics(self, request: web.Request, args: Args) -> web.StreamResponse:
         if self.peers is not None:
             metrics.PEERS_ALIVE.set(len(self.peers.alive()))
+            metrics.PEERS_CONFIGURED.set(len(self.peers.ring) - 1)
         try:
             await self._scrape.run(self._gather_metrics)
         except StoreError as e:
@@ -297,8 +301,9 @@ class Api:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _gather_metrics(self) -> None:
-        """Two store calls: the queue's counts (maintained, not counted per
-        call) and the memory figures."""
+        """Four store calls: the queue's counts (maintained, not counted per
+        call), the memory figures, and the progress of the running
+        broadcasts among the newest RECENT_BROADCASTS."""
         for tube, stats in (await self.queue.statistics()).items():
             for state in ("ready", "taken", "delayed", "buried"):
                 metrics.QUEUE_DEPTH.labels(tube, state).set(stats["tasks"][state])
@@ -306,6 +311,15 @@ class Api:
         memory = (await self.queue.store.call("node.memory"))[0]
         for kind in ("data", "index", "arena_used", "quota_used"):
             metrics.TARANTOOL_MEMORY.labels(kind).set(memory[kind])
+        running = [b for b in await self.broadcasts.list(RECENT_BROADCASTS) if b.state == "running"]
+        progress = await self.broadcasts.progress_many([b.id for b in running]) if running else []
+        metrics.BROADCAST_PROGRESS.clear()  # a finished broadcast's series end
+        for b, p in zip(running, progress, strict=True):
+            if shown_state(b, p) != "running":
+                continue
+            for name in (*COUNTERS, "pending"):
+                metrics.BROADCAST_PROGRESS.labels(b.id, name).set(p[name])
+            metrics.BROADCAST_PROGRESS.labels(b.id, "settled").set(sum(p[name] for name in SETTLED))
 
     async def healthz(self, request: web.Request, args: Args) -> web.StreamResponse:
         return web.json_response({"ok": True})

@@ -95,7 +95,8 @@ class FakeCredentials:
         return key.public_key()
 
 
-def make_credentials(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> FakeCredentials:
+def make_credentials(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
+                     apns_ids: tuple[str | None, str | None] = (None, None)) -> FakeCredentials:
     """Creates fresh key material under ``directory`` (made if missing)."""
     private_dir(directory)
     ca = trustme.CA()
@@ -108,7 +109,7 @@ def make_credentials(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "lo
     write_private(client_cert_path, ca.issue_cert("com.example.news").private_key_and_cert_chain_pem.bytes())
 
     apns_key = ec.generate_private_key(ec.SECP256R1())
-    key_id, team_id = _ten_chars(), _ten_chars()
+    key_id, team_id = apns_ids[0] or _ten_chars(), apns_ids[1] or _ten_chars()
     apns_key_path = directory / f"AuthKey_{key_id}.p8"
     write_private(
         apns_key_path,

@@ -20,11 +20,17 @@ from dispatcher.fakes.h2server import H2Server, server_tls
 
 class FakeGateways:
     def __init__(self, directory: Path, *, host: str = "127.0.0.1", apns_faults: Faults | None = None,
-                 fcm_faults: Faults | None = None, ports: dict[str, int] | None = None) -> None:
+                 fcm_faults: Faults | None = None, ports: dict[str, int] | None = None,
+                 public_host: str | None = None, apns_ids: tuple[str | None, str | None] = (None, None)) -> None:
+        """``public_host``: the name clients reach these fakes by when it is
+        not ``host`` (a container's name); ``apns_ids``: fixed APNs key and
+        team ids, random when None."""
         self.directory = directory
         self.host = host
+        self.public_host = public_host or host
         self.ports = {"apns": 0, "fcm": 0, "oauth": 0, "stats": 0, **(ports or {})}
-        self.credentials: FakeCredentials = make_credentials(directory, hosts=(host, "localhost"))
+        hosts = tuple(dict.fromkeys((self.public_host, host, "127.0.0.1", "localhost")))
+        self.credentials: FakeCredentials = make_credentials(directory, hosts=hosts, apns_ids=apns_ids)
         self.apns = FakeApns(self.credentials, apns_faults)
         self.fcm = FakeFcm(self.credentials, fcm_faults)
         self._runners: list[web.AppRunner] = []
@@ -36,7 +42,7 @@ class FakeGateways:
         oauth.router.add_post("/token", self.fcm.oauth_token)
         tls = server_tls(str(self.credentials.server_cert_path), alpn=["http/1.1"])
         self.ports["oauth"] = await self._serve(oauth, self.ports["oauth"], tls)
-        self.fcm.token_uri = f"https://{self.host}:{self.ports['oauth']}/token"
+        self.fcm.token_uri = f"https://{self.public_host}:{self.ports['oauth']}/token"
         self.credentials.set_token_uri(self.fcm.token_uri)
         stats = web.Application()
         stats.router.add_get("/stats", self._stats)
@@ -97,12 +103,12 @@ class FakeGateways:
     def describe(self) -> str:
         c = self.credentials
         return "\n".join([
-            f"fake APNs:  https://{self.host}:{self.ports['apns']}  (key {c.apns_key_path}, "
+            f"fake APNs:  https://{self.public_host}:{self.ports['apns']}  (key {c.apns_key_path}, "
             f"key id {c.apns_key_id}, team id {c.apns_team_id})",
             # Every project on this one line: readers of this output count lines.
-            f"fake FCM:   https://{self.host}:{self.ports['fcm']}  ("
+            f"fake FCM:   https://{self.public_host}:{self.ports['fcm']}  ("
             + "; ".join(f"project {p}, service account {path}" for p, path in c.fcm_projects.items()) + ")",
             f"OAuth:      {self.fcm.token_uri}",
             f"CA:         {c.ca_path}",
-            f"stats:      http://{self.host}:{self.ports['stats']}/stats",
+            f"stats:      http://{self.public_host}:{self.ports['stats']}/stats",
         ])
