@@ -9,6 +9,8 @@ import logging
 import os
 import signal
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import uvloop
@@ -51,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     fakes.add_argument("--apns-key-id", help="the APNs key's 10-character id (default: a random one), so that nodes' "
                                              "settings can name it in advance")
     fakes.add_argument("--apns-team-id", help="the APNs team id (default: a random one)")
+    commands.add_parser("probe", help="exit 0 when this node's /readyz answers 200 (a container's health check)")
     secrets_cmd = commands.add_parser("make-secrets", help="write a cluster's secrets (Tarantool and replicator "
                                                            "passwords, an API key) as files for DISPATCHER_SECRETS_DIR")
     secrets_cmd.add_argument("dir", type=Path, help="the directory; secrets already in it are kept")
@@ -182,6 +185,24 @@ def _check_config(settings: Settings, path: Path | None) -> int:
     return 2 if problems else 0
 
 
+def _probe(settings: Settings) -> int:
+    """GET /readyz on the address the API listens on (loopback when that is
+    every address), as a health check: 0 when ready, 1 with the reason."""
+    host = settings.api.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    url = f"http://{host}:{settings.api.port}/readyz" if ":" not in host else f"http://[{host}]:{settings.api.port}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            print(f"{url}: {r.status}")
+            return 0
+    except urllib.error.HTTPError as e:
+        print(f"{url}: {e.code}", file=sys.stderr)
+    except OSError as e:
+        print(f"{url}: {getattr(e, 'reason', e)}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     # Whatever this process writes (Tarantool's data when embedded, logs,
     # the fakes' keys, configs) is for its owner only.
@@ -201,10 +222,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--nodes: between 1 and 16")
             uvloop.run(_run_cluster(args))
             return 0
-        demo = {"node": {"demo": True, "gateways": "fake"}} if args.demo else None
+        demo = {"node": {"demo": True, "gateways": "fake"}} if getattr(args, "demo", False) else None
         settings = load_settings(args.config, demo)
         if args.command == "check-config":
             return _check_config(settings, args.config)
+        if args.command == "probe":
+            return _probe(settings)
         uvloop.run(_run(settings))
         return 0
     except ConfigError as e:

@@ -42,3 +42,17 @@ GUARD_TRIPS = Counter("dispatcher_removal_guard_trips_total",
                       "Times dead-token verdicts spiked for an app and device removal stopped", ["app", "platform"])
 SETTLE_FAILURES = Counter("dispatcher_settle_failures_total",
                           "Settle calls to Tarantool that failed and were sent again", ["tube"])
+
+# Series that exist from the start, at 0, so that a rate or a dashboard
+# panel reads "none yet" rather than "no data" (which also hides a typo).
+for _platform in ("ios", "android"):
+    for _verdict in ("delivered", "dead_token", "failed", "expired", "cancelled"):
+        PUSHES.labels(_platform, _verdict)
+    for _metric in (GATEWAY_LATENCY, IN_FLIGHT, RETRIES, DEAD_TOKENS, DEAD_LETTERS, EXPIRED, ENQUEUED):
+        _metric.labels(_platform)
+for _reason in ("node_down", "baton_silent"):
+    FANOUT_TAKEN_OVER.labels(_reason)
+for _event in ("created", "started", "fanned_out", "cancelled"):
+    BROADCASTS.labels(_event)
+for _tube in ("ios", "android", "fanout"):
+    SETTLE_FAILURES.labels(_tube)

@@ -47,6 +47,9 @@ def test_run_starts_the_node_prints_how_to_reach_it_and_stops_on_ctrl_c(tmp_path
         progress = proc.stdout.readline()
         assert progress.startswith("broadcast b_"), progress
         assert port_open(port)
+        probe = subprocess.run([sys.executable, "-m", "dispatcher", "probe"], env={**os.environ, **env},
+                               cwd=tmp_path, capture_output=True, text=True, timeout=30)
+        assert probe.returncode == 0 and "/readyz: 200" in probe.stdout, probe.stdout + probe.stderr
         assert (tmp_path / "data" / "tarantool.log").exists(), "data goes to ./data by default"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(20) == 0
@@ -152,3 +155,11 @@ def test_an_unreadable_secrets_dir_or_a_bad_secret_names_it(tmp_path: Path) -> N
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 2 and "api.keys.0.key" in err and "Traceback" not in err, err
     assert "short" not in err
+
+
+def test_probe_of_a_node_not_listening_fails_saying_where_it_looked(tmp_path: Path) -> None:
+    port = free_port()
+    probe = subprocess.run([sys.executable, "-m", "dispatcher", "probe"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=30, env={**os.environ, "DISPATCHER_API__PORT": str(port)})
+    assert probe.returncode == 1 and f"http://127.0.0.1:{port}/readyz" in probe.stderr, probe.stderr
+    assert "Traceback" not in probe.stderr

@@ -309,7 +309,7 @@ class Api:
                 metrics.QUEUE_DEPTH.labels(tube, state).set(stats["tasks"][state])
             metrics.QUEUE_OLDEST.labels(tube).set(stats["tasks"].get("oldest_ready_age", 0))
         memory = (await self.queue.store.call("node.memory"))[0]
-        for kind in ("data", "index", "arena_used", "quota_used"):
+        for kind in ("data", "index", "arena_used", "quota_used", "quota_size"):
             metrics.TARANTOOL_MEMORY.labels(kind).set(memory[kind])
         running = [b for b in await self.broadcasts.list(RECENT_BROADCASTS) if b.state == "running"]
         progress = await self.broadcasts.progress_many([b.id for b in running]) if running else []
