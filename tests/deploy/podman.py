@@ -83,6 +83,10 @@ def ensure_base_image() -> None:
         return
     with tempfile.TemporaryDirectory(prefix=f"{PREFIX}-rootfs-") as rootfs:
         run("debootstrap", "--variant=minbase", "bookworm", rootfs, _apt_mirror(), timeout=900)
+        # What Docker Hub's slim image leaves out too: apt's lists and
+        # caches, documentation, man pages, translations.
+        run("sh", "-c", "rm -rf var/lib/apt/lists/* var/cache/apt/*.bin usr/share/doc/* usr/share/man/* "
+                        "usr/share/locale/*", cwd=Path(rootfs))
         tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
         imported = subprocess.run(["podman", "import", "--change", f"LABEL dispatcher.built={today}",
                                    "-", BASE_IMAGE], stdin=tar.stdout, env=env(), capture_output=True,

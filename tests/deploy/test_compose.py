@@ -303,7 +303,7 @@ def test_every_dashboard_query_returns_data_from_the_cluster(compose: Compose) -
     broadcast = _start(compose, "node2", "deploy-dashboard", "baton")
     try:
         for scraped in ("dispatcher_broadcast_progress", "dispatcher_gateway_paused == 1"):
-            pm.wait_for(f"{scraped} scraped", lambda q=scraped: compose.prometheus(  # type: ignore[misc]
+            pm.wait_for(f"{scraped} scraped", lambda q=scraped: compose.prometheus(
                 "/api/v1/query", query=q)["result"], 90)
         empty = []
         for title, expr in queries:
