@@ -42,7 +42,9 @@ async def test_monitoring_makes_few_store_calls(node: Dispatcher, api: Client,
     assert 'dispatcher_broadcast_progress{' not in text, "no broadcast runs"
     for name in ('dispatcher_pushes_total{platform="ios",verdict="delivered"}',
                  'dispatcher_queue_tasks{state="ready",tube="ios"}',
-                 'dispatcher_tarantool_memory_bytes{kind="index"}', "dispatcher_queue_oldest_ready_seconds",
+                 'dispatcher_tarantool_memory_bytes{kind="index"}',
+                 'dispatcher_tarantool_memory_bytes{kind="quota_size"}',
+                 "dispatcher_queue_oldest_ready_seconds",
                  'dispatcher_api_requests_total{route="/readyz",status="200"}'):
         assert name in text, name
 
