@@ -114,6 +114,8 @@ class _Protocol(APNsTLSClientProtocol):
         self._inbound = bytearray()
         # Set when the server grants more send window (WINDOW_UPDATE, SETTINGS).
         self._window_opened = asyncio.Event()
+        # Set by the server's first SETTINGS (or the connection's end).
+        self._server_settings = asyncio.Event()
         self._failure_logged = False
 
     @property
@@ -164,6 +166,7 @@ class _Protocol(APNsTLSClientProtocol):
             elif isinstance(event, jh2_events.RemoteSettingsChanged):
                 self.on_remote_settings_changed(event.changed_settings)
                 self._window_opened.set()
+                self._server_settings.set()
             elif isinstance(event, jh2_events.ConnectionTerminated):
                 self.on_connection_terminated(event)
 
@@ -176,6 +179,7 @@ class _Protocol(APNsTLSClientProtocol):
         still get their answers before the connection closes (aioapns closes
         at once and resends them all)."""
         self.terminated = True
+        self._server_settings.set()
         for stream_id, notification_id in list(self.request_streams.items()):
             if stream_id > last_stream_id:
                 del self.request_streams[stream_id]
@@ -187,7 +191,21 @@ class _Protocol(APNsTLSClientProtocol):
         else:
             self.close()
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.terminated = True
+        self._server_settings.set()
+        super().connection_lost(exc)
+
     async def send_notification(self, request: NotificationRequest) -> NotificationResult:
+        if not self._server_settings.is_set():
+            # aioapns opens up to 1,000 streams at once; a server holds a
+            # client to its old limit (h2's 100) until the client has
+            # acknowledged the server's SETTINGS. A new connection's burst
+            # before them was a protocol error that killed the connection and
+            # the pushes the server had taken (sent again: 74-177 duplicates
+            # a broadcast in containers). Our acknowledgement goes out before
+            # any stream opened after this wait.
+            await self._server_settings.wait()
         if self.terminated:
             raise ConnectionClosed("connection received GOAWAY")
         await self.free_channels.acquire()  # a slot; its stream id is taken below

@@ -124,7 +124,10 @@ class H2ServerProtocol(asyncio.Protocol):
         try:
             events = self.conn.receive_data(data)
         except ProtocolError as e:
-            log.info("fake gateway: protocol error from client: %s", e)
+            assert self.transport is not None
+            log.info("fake gateway on port %s: protocol error from client %s: %s (%s)",
+                     self.transport.get_extra_info("sockname")[1], self.transport.get_extra_info("peername"), e,
+                     type(e).__name__)
             self._flush()
             self._close()
             return

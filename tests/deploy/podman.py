@@ -91,6 +91,8 @@ def ensure_base_image() -> None:
         imported = subprocess.run(["podman", "import", "--change", f"LABEL dispatcher.built={today}",
                                    "-", BASE_IMAGE], stdin=tar.stdout, env=env(), capture_output=True,
                                   text=True, timeout=300)
+        assert tar.stdout is not None
+        tar.stdout.close()
         tar.wait()
         assert imported.returncode == 0, imported.stderr
 
