@@ -214,7 +214,11 @@ def main(argv: list[str] | None = None) -> int:
             uvloop.run(_run_fakes(args))
             return 0
         if args.command == "make-secrets":
-            for path in make_secrets(args.dir):
+            try:
+                made = make_secrets(args.dir)
+            except OSError as e:
+                raise ConfigError(f"make-secrets: cannot write secrets into {args.dir}: {e.strerror}") from None
+            for path in made:
                 print(f"made {path}")
             return 0
         if args.command == "cluster":

@@ -145,6 +145,14 @@ def test_make_secrets_writes_private_files_a_node_reads_and_keeps_them(tmp_path:
     assert "dispatcher-dev-password" not in out
 
 
+def test_make_secrets_into_a_place_it_cannot_write_names_it(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    proc = dispatcher("make-secrets", str(tmp_path / "file" / "secrets"), cwd=tmp_path)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "make-secrets: cannot write secrets into" in err, err
+    assert "Traceback" not in err
+
+
 def test_an_unreadable_secrets_dir_or_a_bad_secret_names_it(tmp_path: Path) -> None:
     proc = dispatcher("check-config", cwd=tmp_path, env={"DISPATCHER_SECRETS_DIR": str(tmp_path / "none")})
     _, err = proc.communicate(timeout=30)

@@ -42,16 +42,14 @@ def env() -> dict[str, str]:
 
 
 def run(*args: str, timeout: float = 120, check: bool = True, cwd: Path | None = None,
-        extra_env: dict[str, str] | None = None, input_: bytes | None = None) -> subprocess.CompletedProcess[str]:
+        extra_env: dict[str, str] | None = None, input_: str | None = None) -> subprocess.CompletedProcess[str]:
     """A command with podman's environment; its output in the error when it fails."""
     proc = subprocess.run(args, env={**env(), **(extra_env or {})}, cwd=cwd, timeout=timeout,
-                          capture_output=True, text=input_ is None, input=input_)
-    out = proc.stdout if isinstance(proc.stdout, str) else proc.stdout.decode(errors="replace")
-    err = proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode(errors="replace")
-    result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+                          capture_output=True, text=True, errors="replace", input=input_)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args[:4])}... exited {proc.returncode}:\n{out[-3000:]}\n{err[-3000:]}")
-    return result
+        raise AssertionError(f"{' '.join(args[:4])}... exited {proc.returncode}:\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-3000:]}")
+    return proc
 
 
 def podman(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:

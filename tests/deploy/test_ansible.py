@@ -289,8 +289,8 @@ def console(node: str, lua: str) -> str:
     """One Lua expression on a node's admin console (the unix socket in its
     data directory); Tarantool's YAML answer."""
     proc = run("podman", "exec", "-i", node, "tarantoolctl", "connect", "/var/lib/dispatcher/admin.sock",
-               input_=(lua + "\n").encode(), timeout=30)
-    return proc.stdout if isinstance(proc.stdout, str) else proc.stdout.decode()
+               input_=lua + "\n", timeout=30)
+    return proc.stdout
 
 
 def check_files_and_units(node: str) -> None:
