@@ -7,6 +7,7 @@ the data directory and everything in it are readable by their owner only.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -44,6 +45,8 @@ def node_environment(settings: Settings) -> dict[str, str]:
         "NODE_DISPATCHER_PASSWORD": tnt.password.get_secret_value(),
         "NODE_PEERS": ",".join(node.peers),
         "NODE_TASK_TTR_S": str(settings.dispatch.task_ttr_s),
+        # A first start waits for its peers as long as we wait for it.
+        "NODE_BOOTSTRAP_TIMEOUT_S": str(math.ceil(tnt.startup_timeout_s)),
     }
     if node.replicator_password is not None:
         env["NODE_REPLICATOR_PASSWORD"] = node.replicator_password.get_secret_value()

@@ -66,9 +66,9 @@ end
 -- its own and they could never replicate). Later starts need only
 -- replication_connect_quorum peers (default 0: start while peers are down).
 local replication = replication_uris()
-local quorum = cfg.replication_connect_quorum
+local quorum, connect_timeout = cfg.replication_connect_quorum, nil
 if replication ~= nil and #fio.glob(fio.pathjoin(cfg.data_dir, '*.snap')) == 0 then
-    quorum = #replication
+    quorum, connect_timeout = #replication, cfg.bootstrap_timeout_s
 end
 
 -- Triggers of the replicated spaces go in before box.cfg loads any row.
@@ -88,6 +88,7 @@ box.cfg({
     custom_proc_title = cfg.name,
     replication = replication,
     replication_connect_quorum = quorum,
+    replication_connect_timeout = connect_timeout,
 })
 
 subscribers.node_name = cfg.name

@@ -63,6 +63,11 @@ async def test_one_replica_set_and_rows_replicate(cluster: list[TarantoolProcess
     ids = [console(n.settings.node.data_dir, "return box.info.id, box.info.cluster.uuid") for n in cluster]
     assert sorted(i[0] for i in ids) == [1, 2, 3]
     assert len({i[1] for i in ids}) == 1, "one replica set"
+    # A first start waits for its peers as long as the dispatcher waits for
+    # it (Tarantool's own 30 s stopped a compose node whose peer's name was
+    # not yet in DNS).
+    waited = [console(n.settings.node.data_dir, "return box.cfg.replication_connect_timeout")[0] for n in cluster]
+    assert waited == [n.settings.tarantool.startup_timeout_s for n in cluster]
     stores = [await connect(n) for n in cluster]
     try:
         await Subscribers(stores[0]).put(Registration("tok-r", "u", "ios", "news"))

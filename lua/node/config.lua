@@ -24,6 +24,9 @@ local SETTINGS = {
     -- How many peers must answer before the node starts; 0 lets a node
     -- start while its peers are down.
     replication_connect_quorum = {0, 'count', 'NODE_REPLICATION_CONNECT_QUORUM'},
+    -- Seconds a node's very first start waits for all its peers (they may
+    -- still be starting, or not yet in DNS, when they are started together).
+    bootstrap_timeout_s = {30, 'positive', 'NODE_BOOTSTRAP_TIMEOUT_S'},
     log_level = {5, 'positive', 'NODE_LOG_LEVEL'},
     -- Seconds a taken send or fan-out task stays with its taker: a task a
     -- stalled or vanished dispatcher holds is ready again after this.
