@@ -57,7 +57,7 @@ class Apps:
             if app.apns is not None:
                 sender = self._apns(name, app.apns, shared)
                 # With a certificate and no topic, the certificate's.
-                topic = app.apns.topic or sender.pool.apns_topic
+                topic = app.apns.topic or sender.certificate_topic
                 if not topic:
                     raise ConfigError(f"apps.{name}.apns.topic: not set, and the certificate names no topic")
                 self.routes[name, "ios"] = Route(name, "ios", sender, topic, gate(name, "ios"), app.apns.in_flight)

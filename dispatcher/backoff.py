@@ -66,6 +66,11 @@ class ReconnectDelay:
         self._retry_at = 0.0
         self.attempts = 0
 
+    @property
+    def failing(self) -> bool:
+        """The last attempt failed."""
+        return self._failures > 0
+
     def wait_s(self, now: float) -> float:
         """Seconds before the next attempt may be made (0: now)."""
         return max(0.0, self._retry_at - now)

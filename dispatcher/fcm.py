@@ -1,5 +1,5 @@
-"""FCM HTTP v1 sender: persistent HTTP/2 connections (dispatcher/h2client.py),
-OAuth2 access tokens from a service account through google-auth.
+"""FCM HTTP v1 sender: HTTP/2 through pyreqwest (dispatcher/http2.py), OAuth2
+access tokens from a service account through google-auth.
 
 google-auth's token refresh is a blocking HTTP call, so it runs in a thread,
 one at a time, before the token gets close to its expiry; a 401 that says
@@ -12,7 +12,6 @@ import asyncio
 import datetime as dt
 import json
 import logging
-import ssl
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from google.oauth2 import service_account
 
 from dispatcher.config import FcmSettings
 from dispatcher.errors import ConfigError
-from dispatcher.h2client import H2Client, H2Error, Response
+from dispatcher.http2 import Answer, Origin, SendError
 from dispatcher.push import Outcome, Push, Verdict, no_answer
 from dispatcher.verdicts import fcm_outcome, retry_after
 
@@ -63,8 +62,8 @@ class FcmSender:
         self.path = f"/v1/projects/{project}/messages:send"
         self._session = requests.Session()
         self._google_request = _TokenRequest(self._session, settings.ca_path)
-        tls = ssl.create_default_context(cafile=str(settings.ca_path) if settings.ca_path else None)
-        self._client = H2Client(settings.endpoint, settings.connections, settings.request_timeout_s, tls)
+        self.origin = Origin(settings.endpoint, connections=settings.connections,
+                             timeout_s=settings.request_timeout_s, ca_path=settings.ca_path, setting="fcm.")
         self._slots = asyncio.Semaphore(settings.in_flight)
         self._refresh_lock = asyncio.Lock()
         self._token_issued: dt.datetime | None = None
@@ -91,16 +90,19 @@ class FcmSender:
                 self.refreshes += 1
         return str(self._creds.token)
 
-    def _body(self, push: Push) -> bytes:
-        message: dict[str, Any] = {**push.payload, "token": push.token}
-        android = dict(message.get("android") or {})
-        android.setdefault("priority", push.priority)
+    @staticmethod
+    def _body(push: Push) -> bytes:
+        """``{"message": {token, android, ...the push's body}}``, spliced from
+        the body encoded once per message: no JSON encoding per push beyond
+        the token and the delivery options."""
+        android = f'{{"priority":"{push.priority}"'
         if push.ttl_s is not None:
-            android["ttl"] = f"{push.ttl_s}s"
+            android += f',"ttl":"{push.ttl_s}s"'
         if push.collapse_key is not None:
-            android["collapse_key"] = push.collapse_key
-        message["android"] = android
-        return json.dumps({"message": message}, separators=(",", ":")).encode()
+            android += ',"collapse_key":' + json.dumps(push.collapse_key)
+        head = f'{{"message":{{"token":{json.dumps(push.token)},"android":{android}}}'.encode()
+        rest = push.body[1:]  # the body's members and its closing brace
+        return head + (rest if rest == b"}" else b"," + rest) + b"}"
 
     async def send(self, push: Push) -> Outcome:
         """Sends one push and says what became of it. Never raises for a
@@ -114,13 +116,12 @@ class FcmSender:
                 except (google.auth.exceptions.GoogleAuthError, requests.RequestException) as e:
                     log.warning("fcm: OAuth token refresh failed: %s", e)
                     return no_answer(f"oauth: {type(e).__name__}")
+                headers = {"authorization": "Bearer " + token, "content-type": "application/json"}
                 try:
-                    response = await self._post(body, token)
-                except TimeoutError:
-                    return no_answer("timeout")
-                except H2Error as e:
-                    return no_answer(f"connection: {e}")
-                outcome = self._outcome(response)
+                    answer = await self.origin.post(self.path, headers, body)
+                except SendError as e:
+                    return no_answer(e.reason)
+                outcome = self._outcome(answer)
                 if outcome.status == 401 and outcome.reason in ("ACCESS_TOKEN_EXPIRED", "UNAUTHENTICATED") \
                         and stale is None:
                     stale = token
@@ -128,28 +129,17 @@ class FcmSender:
                 return outcome
             return outcome
 
-    async def _post(self, body: bytes, token: str) -> Response:
-        headers = [("authorization", f"Bearer {token}"), ("content-type", "application/json")]
-        try:
-            return await self._client.post(self.path, body, headers)
-        except H2Error as e:
-            if not e.unprocessed:
-                raise
-            # The server said it did not take it (GOAWAY, refused): resend
-            # now, on another connection; no duplicate is possible.
-            return await self._client.post(self.path, body, headers)
-
     @staticmethod
-    def _outcome(response: Response) -> Outcome:
+    def _outcome(answer: Answer) -> Outcome:
         try:
-            body = json.loads(response.body) if response.body else None
+            body = json.loads(answer.body) if answer.body else None
         except ValueError:
             body = None
-        outcome = fcm_outcome(response.status, body, retry_after(response.headers.get("retry-after")))
+        outcome = fcm_outcome(answer.status, body, retry_after(answer.retry_after))
         if outcome.verdict is not Verdict.DELIVERED:
-            log.debug("fcm: %s %s", response.status, outcome.reason)
+            log.debug("fcm: %s %s", answer.status, outcome.reason)
         return outcome
 
     async def close(self) -> None:
-        await self._client.close()
+        await self.origin.close()
         self._session.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -12,12 +12,13 @@ from typing import Any, Literal
 class Push:
     """One push to one device.
 
-    ``payload`` is the gateway's own body: for APNs the JSON with ``aps``;
-    for FCM the ``message`` object without ``token`` (the sender adds it).
+    ``body`` is the gateway's own body, encoded once per message (see
+    ``encode``): for APNs the JSON with ``aps``; for FCM the ``message``
+    object without ``token`` and ``android`` (the sender adds them).
     """
 
     token: str
-    payload: Mapping[str, Any]
+    body: bytes
     # Seconds the push stays worth delivering; None: the gateway's default.
     ttl_s: int | None = None
     collapse_key: str | None = None
@@ -36,6 +37,11 @@ class Verdict(enum.StrEnum):
     # Our credentials or settings are wrong (auth, certificate, topic,
     # project): pause that app's gateway, keep the task and the device.
     CONFIG = "config"
+
+
+def encode(payload: Any) -> bytes:
+    """A gateway body as the senders take it: compact JSON, UTF-8."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @dataclass(frozen=True, slots=True)

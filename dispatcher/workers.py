@@ -38,7 +38,7 @@ from dispatcher.broadcasts import BroadcastCache, Broadcasts
 from dispatcher.config import DispatchSettings
 from dispatcher.errors import StoreError
 from dispatcher.messages import Message, apns_payload, fcm_message
-from dispatcher.push import Push, Verdict
+from dispatcher.push import Push, Verdict, encode
 from dispatcher.queue import Task, Tube
 from dispatcher.settle import Item, Settler, ack, bury, release
 from dispatcher.store import Store
@@ -60,7 +60,7 @@ class SendPipeline:
         self.apps = apps
         self.store = store
         self.cache = BroadcastCache(broadcasts)
-        self._bodies: dict[str, dict[str, Any]] = {}  # broadcast id -> gateway body
+        self._bodies: dict[str, bytes] = {}  # broadcast id -> its gateway body, encoded
         self.backoff = backoff
         self.batch = dispatch.batch
         self.confirm_s = dispatch.guard_confirm_s
@@ -157,11 +157,11 @@ class SendPipeline:
         metrics.PUSHES.labels(self.platform, "failed").inc()
         self.settler.add(bury(task.id, broadcast, reason, {"task_id": task.id, "task": data}))
 
-    def _message_body(self, message: dict[str, Any]) -> dict[str, Any]:
+    def _message_body(self, message: dict[str, Any]) -> bytes:
         m = Message.model_validate(message)
-        return apns_payload(m) if self.platform == "ios" else fcm_message(m)
+        return encode(apns_payload(m) if self.platform == "ios" else fcm_message(m))
 
-    async def _payload(self, send: SendTask) -> tuple[dict[str, Any], str | None, str | None] | None:
+    async def _payload(self, send: SendTask) -> tuple[bytes, str | None, str | None] | None:
         """The gateway body, collapse key and app, or None if the broadcast
         is gone or cancelled. A broadcast's body is built once, not per push."""
         if send.kind == "m":

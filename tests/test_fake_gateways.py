@@ -27,8 +27,8 @@ from dispatcher.fakes.faults import Faults, FaultState
 from dispatcher.fakes.fcm import ERROR_CODES, FCM_ERROR
 from dispatcher.fakes.gateways import FakeGateways
 from dispatcher.fcm import FcmSender
-from dispatcher.h2client import Response as H2Response
-from dispatcher.push import Outcome, Push, Verdict
+from dispatcher.http2 import Answer
+from dispatcher.push import Outcome, Push, Verdict, encode
 from tests.conftest import apns_settings_for, apns_token, fcm_settings_for, fcm_token, free_port
 
 
@@ -39,8 +39,8 @@ async def test_stats_faults_and_reset_over_http(gateways: FakeGateways) -> None:
         async with aiohttp.ClientSession() as http:
             async with http.post(f"{base}/faults/apns", json={"dead_tokens": [apns_token(2)]}) as r:
                 assert r.status == 200
-            await sender.send(Push(apns_token(1), {"aps": {}}))
-            await sender.send(Push(apns_token(2), {"aps": {}}))
+            await sender.send(Push(apns_token(1), encode({"aps": {}})))
+            await sender.send(Push(apns_token(2), encode({"aps": {}})))
             async with http.get(f"{base}/stats") as r:
                 stats = await r.json()
             assert stats["apns"]["accepted_total"] == 1
@@ -99,9 +99,9 @@ async def test_fake_gateways_command_serves_both_gateways(tmp_path: Path) -> Non
         fcm = FcmSender(FcmSettings(service_account_path=fakes / "fcm-service-account.json", ca_path=ca,
                                     endpoint=f"https://127.0.0.1:{ports['fcm']}"))
         try:
-            assert (await apns.send(Push(apns_token(1), {"aps": {}}))).delivered
-            assert (await apns.send(Push(apns_token(9), {"aps": {}}))).verdict is Verdict.DEAD_TOKEN
-            assert (await fcm.send(Push(fcm_token(1), {"data": {"a": "b"}}))).delivered
+            assert (await apns.send(Push(apns_token(1), encode({"aps": {}})))).delivered
+            assert (await apns.send(Push(apns_token(9), encode({"aps": {}})))).verdict is Verdict.DEAD_TOKEN
+            assert (await fcm.send(Push(fcm_token(1), encode({"data": {"a": "b"}})))).delivered
         finally:
             await apns.close()
             await fcm.close()
@@ -133,7 +133,7 @@ async def test_fake_gateways_for_containers_name_their_host_and_fixed_ids(tmp_pa
                                        team_id="TEAM123456", topic="com.example.news",
                                        endpoint=f"127.0.0.1:{fakes.ports['apns']}", ca_path=fakes.credentials.ca_path))
         try:
-            assert (await apns.send(Push(apns_token(1), {"aps": {}}))).delivered
+            assert (await apns.send(Push(apns_token(1), encode({"aps": {}})))).delivered
         finally:
             await apns.close()
     finally:
@@ -175,9 +175,9 @@ def _spy_fcm_bodies(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     bodies: list[dict[str, Any]] = []
     outcome = FcmSender._outcome
 
-    def spy(response: H2Response) -> Outcome:
-        bodies.append(json.loads(response.body))
-        return outcome(response)
+    def spy(answer: Answer) -> Outcome:
+        bodies.append(json.loads(answer.body))
+        return outcome(answer)
 
     monkeypatch.setattr(FcmSender, "_outcome", staticmethod(spy))
     return bodies
@@ -188,7 +188,7 @@ async def test_apns_reject_all_answers_that_reason_and_status(gateways: FakeGate
     try:
         for reason in ("BadCertificateEnvironment", "TopicDisallowed", "Shutdown"):
             gateways.apns.faults.set(Faults(reject_all=reason))
-            outcome = await sender.send(Push(apns_token(1), {"aps": {}}))
+            outcome = await sender.send(Push(apns_token(1), encode({"aps": {}})))
             assert (outcome.status, outcome.reason) == (REASON_STATUS[reason], reason)
         assert gateways.stats()["apns"]["accepted_total"] == 0
     finally:
@@ -207,7 +207,7 @@ async def test_fcm_reject_all_with_and_without_details(gateways: FakeGateways, m
     gateways.fcm.faults.set(Faults(reject_all=answer))
     sender = FcmSender(fcm_settings_for(gateways))
     try:
-        outcome = await sender.send(Push(fcm_token(1), {"data": {"a": "b"}}))
+        outcome = await sender.send(Push(fcm_token(1), encode({"data": {"a": "b"}})))
     finally:
         await sender.close()
     assert (outcome.status, outcome.reason, outcome.delivered) == (status, reason, False)
@@ -221,8 +221,8 @@ async def test_apns_reject_topics_refuses_only_that_topic(gateways: FakeGateways
     gateways.apns.faults.set(Faults(reject_topics={"com.example.horoscope": "TopicDisallowed"}))
     sender = ApnsSender(apns_settings_for(gateways))
     try:
-        refused = await sender.send(Push(apns_token(1), {"aps": {}}, topic="com.example.horoscope"))
-        accepted = await sender.send(Push(apns_token(2), {"aps": {}}, topic="com.example.news"))
+        refused = await sender.send(Push(apns_token(1), encode({"aps": {}}), topic="com.example.horoscope"))
+        accepted = await sender.send(Push(apns_token(2), encode({"aps": {}}), topic="com.example.news"))
     finally:
         await sender.close()
     assert (refused.status, refused.reason) == (400, "TopicDisallowed")
@@ -240,11 +240,11 @@ async def test_fcm_projects_each_with_its_own_service_account(gateways: FakeGate
     horoscope = FcmSender(fcm_settings_for(gateways, project="fake-horoscope"))
     # fake-news's account sending to fake-horoscope: Google's bare 403.
     crossed = FcmSender(fcm_settings_for(gateways, project="fake-news", project_id="fake-horoscope"))
-    push = Push(fcm_token(1), {"data": {"a": "b"}})
+    push = Push(fcm_token(1), encode({"data": {"a": "b"}}))
     try:
         assert (await news.send(push)).delivered
         assert (await horoscope.send(push)).delivered
-        assert (await horoscope.send(Push(fcm_token(2), {"data": {"a": "b"}}))).delivered
+        assert (await horoscope.send(Push(fcm_token(2), encode({"data": {"a": "b"}})))).delivered
         outcome = await crossed.send(push)
         assert (outcome.status, outcome.reason) == (403, "PERMISSION_DENIED")
         assert bodies[-1]["error"]["details"] == []
@@ -263,7 +263,7 @@ async def test_fcm_projects_each_with_its_own_service_account(gateways: FakeGate
 async def test_refused_connections_are_counted_and_healing_lets_sends_through(gateways: FakeGateways) -> None:
     apns, fcm = ApnsSender(apns_settings_for(gateways)), FcmSender(fcm_settings_for(gateways))
     pushes: dict[str, tuple[ApnsSender | FcmSender, Push]] = {
-        "apns": (apns, Push(apns_token(1), {"aps": {}})), "fcm": (fcm, Push(fcm_token(1), {"data": {}}))}
+        "apns": (apns, Push(apns_token(1), encode({"aps": {}}))), "fcm": (fcm, Push(fcm_token(1), encode({"data": {}})))}
     try:
         for name, (sender, push) in pushes.items():
             fake = gateways.apns if name == "apns" else gateways.fcm
@@ -323,7 +323,7 @@ async def test_a_refresh_after_expired_provider_token_is_no_token_update_too_man
         for _ in range(4):
             await next_second()
             minted = sender.provider.minted
-            outcome = await sender.send(Push(expired, {"aps": {}}))
+            outcome = await sender.send(Push(expired, encode({"aps": {}})))
             assert (outcome.status, outcome.reason) == (403, "ExpiredProviderToken")
             assert sender.provider.minted == minted + 1  # it did resend with a fresh token
             # ... which the fake took as the latest, not as one too many.
@@ -335,7 +335,7 @@ async def test_a_refresh_after_expired_provider_token_is_no_token_update_too_man
         for expected in ((200, "OK"), (429, "TooManyProviderTokenUpdates")):
             await next_second()
             sender.provider.force_refresh()
-            outcome = await sender.send(Push(apns_token(1), {"aps": {}}))
+            outcome = await sender.send(Push(apns_token(1), encode({"aps": {}})))
             assert (outcome.status, outcome.reason) == expected
     finally:
         await sender.close()

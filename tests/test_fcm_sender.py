@@ -13,7 +13,7 @@ from dispatcher.fakes.faults import Faults
 from dispatcher.fakes.fcm import ERROR_CODES
 from dispatcher.fakes.gateways import FakeGateways
 from dispatcher.fcm import FcmSender
-from dispatcher.push import Push, Verdict
+from dispatcher.push import Push, Verdict, encode
 from dispatcher.verdicts import FCM, FCM_QUOTA_MIN_DELAY_S
 from tests.conftest import fcm_settings_for, fcm_token
 
@@ -30,7 +30,7 @@ async def sender(gateways: FakeGateways) -> AsyncIterator[FcmSender]:
 
 
 def push(n: int, payload: dict[str, object] | None = None, **kw: object) -> Push:
-    return Push(fcm_token(n), payload or MESSAGE, **kw)  # type: ignore[arg-type]
+    return Push(fcm_token(n), encode(payload or MESSAGE), **kw)  # type: ignore[arg-type]
 
 
 async def test_delivered_over_http2_with_ttl_and_collapse_key(sender: FcmSender, gateways: FakeGateways) -> None:
@@ -66,7 +66,7 @@ async def test_payload_faults_are_permanent_not_dead(
 
 
 async def test_malformed_token_is_a_dead_token(sender: FcmSender) -> None:
-    outcome = await sender.send(Push("short!", MESSAGE))
+    outcome = await sender.send(Push("short!", encode(MESSAGE)))
     assert (outcome.status, outcome.reason, outcome.verdict) == (400, "INVALID_ARGUMENT", Verdict.DEAD_TOKEN)
 
 

@@ -8,7 +8,6 @@ import pytest
 
 from dispatcher.backoff import Backoff
 from dispatcher.fakes.apns import REASON_STATUS
-from dispatcher.h2client import split_goaway
 from dispatcher.push import Verdict
 from dispatcher.verdicts import APNS, apns_outcome, fcm_outcome, retry_after
 
@@ -92,18 +91,3 @@ def test_backoff_retry_after_wins_jittered_and_capped_and_time_bounds_it() -> No
     assert policy.next_delay_s(1, elapsed_s=99, retry_after_s=5) is None, "past the deadline"
     delay = policy.next_delay_s(2, elapsed_s=10)
     assert delay is not None and 0 <= delay <= 2
-
-
-def frame(kind: int, stream: int, payload: bytes) -> bytes:
-    return len(payload).to_bytes(3, "big") + bytes([kind, 0]) + stream.to_bytes(4, "big") + payload
-
-
-def test_split_goaway_keeps_order_and_partial_frames() -> None:
-    headers = frame(0x1, 1, b"h" * 10)
-    goaway = frame(0x7, 0, (5).to_bytes(4, "big") + (0).to_bytes(4, "big"))
-    data = frame(0x0, 3, b"d" * 20)
-    buffer = bytearray(headers + goaway + data[:7])
-    assert split_goaway(buffer) == [(headers, 5), (b"", None)]
-    assert bytes(buffer) == data[:7], "an incomplete frame waits for the rest"
-    buffer.extend(data[7:])
-    assert split_goaway(buffer) == [(data, None)] and not buffer

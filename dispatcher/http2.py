@@ -1,0 +1,148 @@
+"""HTTP/2 to one gateway origin through pyreqwest: hyper, h2 and rustls in
+Rust on their own runtime thread, awaited natively from asyncio.
+
+A pyreqwest client keeps one HTTP/2 connection per origin and multiplexes
+every request over it; ``connections`` clients make that many connections,
+used in turn. The Rust side does framing, HPACK, flow control (it gives the
+window back as bodies arrive, and waits for the server's window), holds
+requests past the server's MAX_CONCURRENT_STREAMS until a stream frees, and
+after GOAWAY fails only the streams the server did not take. What it cannot
+know is ours: the pace of reconnects after failures (ReconnectDelay) and
+which failures are safe to send again at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from pyreqwest.client import Client, ClientBuilder
+from pyreqwest.exceptions import (
+    BuilderError,
+    ConnectError,
+    PyreqwestError,
+    RequestTimeoutError,
+)
+
+from dispatcher.backoff import ReconnectDelay
+from dispatcher.errors import ConfigError
+
+# Seconds between pings on a busy connection, and for their answer: a
+# connection that went silent (a NAT dropped it) fails within a minute
+# instead of holding its streams until each one times out.
+PING_EVERY_S = 30.0
+PING_TIMEOUT_S = 20.0
+
+
+class SendError(Exception):
+    """No answer came. ``unprocessed``: the request certainly did not reach
+    the gateway (no connection, or refused before it was processed), so it
+    may go again at once without a duplicate."""
+
+    def __init__(self, reason: str, unprocessed: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.unprocessed = unprocessed
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: bytes
+    retry_after: str | None
+
+
+class Origin:
+    """Requests to ``https://host:port`` over ``connections`` HTTP/2
+    connections."""
+
+    def __init__(self, origin: str, *, connections: int, timeout_s: float, idle_timeout_s: float = 600.0,
+                 ca_path: Path | None = None, identity: bytes | None = None, setting: str = "") -> None:
+        """``identity``: a client certificate and its key, PEM; ``setting``
+        names the setting a bad CA or identity comes from."""
+        self.origin = origin.rstrip("/")
+        self.reconnect = ReconnectDelay()
+        try:
+            ca = ca_path.read_bytes() if ca_path is not None else None
+        except OSError as e:
+            raise ConfigError(f"{setting}ca_path: cannot read {ca_path}: {e.strerror}") from None
+        try:
+            # A builder makes one client.
+            self._clients = [self._builder(timeout_s, idle_timeout_s, ca, identity).build()
+                             for _ in range(connections)]
+        except (BuilderError, ValueError) as e:
+            what = "cert_path" if identity is not None else "ca_path"
+            raise ConfigError(f"{setting}{what}: not usable for TLS: {e}") from None
+        self._next = itertools.cycle(self._clients)
+
+    @staticmethod
+    def _builder(timeout_s: float, idle_timeout_s: float, ca: bytes | None, identity: bytes | None) -> ClientBuilder:
+        builder = (ClientBuilder()
+                .http2_prior_knowledge()
+                .https_only(True)
+                .follow_redirects(False)
+                .timeout(timedelta(seconds=timeout_s))
+                .connect_timeout(timedelta(seconds=min(timeout_s, 10.0)))
+                .pool_idle_timeout(timedelta(seconds=idle_timeout_s))
+                .http2_keep_alive_interval(timedelta(seconds=PING_EVERY_S))
+                .http2_keep_alive_timeout(timedelta(seconds=PING_TIMEOUT_S))
+                .tcp_nodelay(True))
+        if ca is not None:
+            builder = builder.add_root_certificate_pem(ca)
+        if identity is not None:
+            builder = builder.identity_pem(identity)
+        return builder
+
+    async def post(self, path: str, headers: dict[str, str], body: bytes) -> Answer:
+        """One POST; raises SendError when no answer came. A request the
+        server refused before processing it goes once more at once."""
+        try:
+            return await self._post(path, headers, body)
+        except SendError as e:
+            if not e.unprocessed or self.reconnect.failing:
+                raise
+        return await self._post(path, headers, body)
+
+    async def _post(self, path: str, headers: dict[str, str], body: bytes) -> Answer:
+        loop = asyncio.get_running_loop()
+        wait = self.reconnect.wait_s(loop.time())
+        if wait > 0:
+            raise SendError(f"connection: next attempt in {wait:.1f} s", unprocessed=True)
+        request = next(self._next).post(self.origin + path).headers(headers).body_bytes(body).build()
+        try:
+            response = await request.send()
+            status = response.status
+            data = bytes(await response.bytes())
+        except RequestTimeoutError:
+            raise SendError("timeout") from None
+        except PyreqwestError as e:
+            causes = _causes(e)
+            if isinstance(e, ConnectError) and "client error (Connect)" in causes:
+                # Dialling failed: nothing was sent.
+                self.reconnect.attempted(loop.time(), ok=False)
+                raise SendError(f"connection: {causes[-1]}", unprocessed=True) from None
+            # The connection failed under the request (which the server may
+            # have taken), or the server refused the stream unprocessed.
+            refused = any("REFUSED_STREAM" in c or "refused stream" in c.lower() for c in causes)
+            raise SendError(f"connection: {causes[-1]}", unprocessed=refused) from None
+        if self.reconnect.failing:
+            self.reconnect.attempted(loop.time(), ok=True)
+        return Answer(status, data, response.get_header("retry-after"))
+
+    async def close(self) -> None:
+        for client in self._clients:
+            await client.close()
+
+    @property
+    def clients(self) -> list[Client]:
+        return self._clients
+
+
+def _causes(error: PyreqwestError) -> list[str]:
+    """The chain of what went wrong, outermost first (pyreqwest's details)."""
+    details = getattr(error, "details", None) or {}
+    causes = [str(c.get("message", ""))[:200] for c in details.get("causes") or []]
+    return causes or [str(error)[:200] or type(error).__name__]
