@@ -1,12 +1,18 @@
 """Sender throughput: pushes per second and sender CPU per push, for each
-gateway against its fake, by connection count and in-flight window.
+gateway against its fake, by connection count and in-flight window, with
+peers measured in the same run against the same fake: aioapns as its users
+write it, and libcurl (pycurl, the ``bench`` extra) as the other compiled
+HTTP/2 client.
 
     .venv/bin/python -m bench.senders [--pushes 20000] [--profile]
 
-The fakes run in their own process (``dispatcher fake-gateways``) so their
-CPU is reported apart; this process runs only the sender, on uvloop.
-``--profile`` adds a cProfile summary of where the sender's time goes,
-grouped by package.
+The fakes run in their own process (``dispatcher fake-gateways``), so
+their CPU is reported apart; this process runs only the sender, on uvloop.
+Sender CPU is the process's, every thread counted (pyreqwest's Rust runtime
+runs on its own thread). The fakes are Python and take more CPU a push than
+the sender: on a 2-core machine they bound pushes/s, which is why CPU per
+push, not pushes/s, is the figure to compare. ``--profile`` adds a cProfile
+summary of where the sender's Python time goes, grouped by package.
 """
 
 from __future__ import annotations
@@ -25,15 +31,17 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
 from bench.common import cpu_seconds, free_port
+from bench.peers import CurlApns, bare_aioapns
 from dispatcher.apns import ApnsSender
 from dispatcher.config import ApnsSettings, FcmSettings
 from dispatcher.fakes.credentials import FakeCredentials
 from dispatcher.fcm import FcmSender
-from dispatcher.push import Outcome, Push
+from dispatcher.push import Push, encode
 
 APNS_PAYLOAD = {"aps": {"alert": {"title": "Breaking news", "body": "Something happened somewhere"}}}
 FCM_PAYLOAD = {"notification": {"title": "Breaking news", "body": "Something happened somewhere"},
@@ -63,7 +71,7 @@ class Fakes:
         self.proc.wait(10)
 
 
-async def blast(send: Callable[[Push], Awaitable[Outcome]], pushes: list[Push], window: int) -> int:
+async def blast(send: Callable[[Push], Awaitable[bool]], pushes: list[Push], window: int) -> int:
     """Sends every push with at most ``window`` in flight; returns how many were delivered."""
     delivered = 0
     queue = iter(pushes)
@@ -71,33 +79,71 @@ async def blast(send: Callable[[Push], Awaitable[Outcome]], pushes: list[Push], 
     async def worker() -> None:
         nonlocal delivered
         for push in queue:
-            if (await send(push)).delivered:
+            if await send(push):
                 delivered += 1
 
     await asyncio.gather(*(worker() for _ in range(window)))
     return delivered
 
 
-async def run(gateway: str, fakes: Fakes, connections: int, window: int, count: int,
-              profile: cProfile.Profile | None) -> dict[str, float]:
+Sender = tuple[Callable[[Push], Awaitable[bool]], Callable[[], Awaitable[None]]]
+
+
+def client(peer: str, gateway: str, fakes: Fakes, connections: int, window: int) -> Sender:
+    """(send, close) for one row: ``ours`` is the dispatcher's sender."""
+    if peer == "aioapns":
+        from aioapns import NotificationRequest
+
+        bare = bare_aioapns(fakes.apns(connections, window))
+
+        async def aioapns_send(push: Push) -> bool:
+            result = await bare.send_notification(NotificationRequest(device_token=push.token, message=APNS_PAYLOAD))
+            return bool(result.is_successful)
+
+        async def aioapns_close() -> None:
+            bare.pool.close()
+
+        return aioapns_send, aioapns_close
+    if peer == "pycurl":
+        curl = CurlApns(fakes.apns(connections, window))
+
+        async def curl_send(push: Push) -> bool:
+            return await curl.send(push.token, push.body) == 200
+
+        async def curl_close() -> None:
+            curl.close()
+
+        return curl_send, curl_close
     sender: ApnsSender | FcmSender
+    sender = ApnsSender(fakes.apns(connections, window)) if gateway == "apns" else \
+        FcmSender(fakes.fcm(connections, window))
+
+    async def send(push: Push) -> bool:
+        return (await sender.send(push)).delivered
+
+    return send, sender.close
+
+
+async def run(peer: str, gateway: str, fakes: Fakes, connections: int, window: int, count: int,
+              profile: cProfile.Profile | None) -> dict[str, float]:
     if gateway == "apns":
-        sender = ApnsSender(fakes.apns(connections, window))
-        pushes = [Push(f"{i:064x}", APNS_PAYLOAD) for i in range(count)]
+        body = encode(APNS_PAYLOAD)
+        pushes = [Push(f"{i:064x}", body) for i in range(count)]
     else:
-        sender = FcmSender(fakes.fcm(connections, window))
-        pushes = [Push(f"fcm-{i:010d}:" + "x" * 140, FCM_PAYLOAD) for i in range(count)]
-    await blast(sender.send, pushes[: min(500, count)], window)  # connect, get tokens
+        body = encode(FCM_PAYLOAD)
+        pushes = [Push(f"fcm-{i:010d}:" + "x" * 140, body) for i in range(count)]
+    send, close = client(peer, gateway, fakes, connections, window)
+    await blast(send, pushes[: min(500, count)], window)  # connect, get tokens
     start, cpu0, fake0 = time.monotonic(), time.process_time(), cpu_seconds(fakes.proc.pid)
     if profile:
         profile.enable()
-    delivered = await blast(sender.send, pushes, window)
+    delivered = await blast(send, pushes, window)
     if profile:
         profile.disable()
     elapsed = time.monotonic() - start
     cpu = time.process_time() - cpu0
     fake_cpu = cpu_seconds(fakes.proc.pid) - fake0
-    await sender.close()
+    await close()
     return {"delivered": delivered, "per_s": delivered / elapsed, "sender_us": cpu / count * 1e6,
             "fake_us": fake_cpu / count * 1e6}
 
@@ -120,30 +166,38 @@ async def main() -> None:
     parser.add_argument("--pushes", type=int, default=20000)
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    plan = [("apns", 1, 100), ("apns", 1, 500), ("apns", 4, 500), ("apns", 4, 1000),
-            ("fcm", 1, 100), ("fcm", 1, 500), ("fcm", 2, 500)]
-    rows = []
+    plan = [("ours", "apns", 1, 100), ("ours", "apns", 1, 500), ("ours", "apns", 4, 500),
+            ("ours", "apns", 4, 1000), ("aioapns", "apns", 4, 1000), ("pycurl", "apns", 4, 1000),
+            ("ours", "fcm", 1, 100), ("ours", "fcm", 1, 500), ("ours", "fcm", 4, 1000)]
+    rows: list[tuple[str, str, int, int, dict[str, Any]]] = []
     profiles: dict[str, cProfile.Profile] = {}
     with tempfile.TemporaryDirectory() as tmp:
         fakes = Fakes(Path(tmp))
         try:
-            for gateway, connections, window in plan:
+            for peer, gateway, connections, window in plan:
                 profile = None
-                if args.profile and gateway not in profiles:
+                if args.profile and peer == "ours" and gateway not in profiles:
                     profile = profiles[gateway] = cProfile.Profile()
-                r = await run(gateway, fakes, connections, window, args.pushes, profile)
-                rows.append((gateway, connections, window, r))
-                print(f"{gateway} conns={connections} window={window}: {r['per_s']:.0f}/s, "
+                r = await run(peer, gateway, fakes, connections, window, args.pushes, profile)
+                rows.append((peer, gateway, connections, window, r))
+                print(f"{peer} {gateway} conns={connections} window={window}: {r['per_s']:.0f}/s, "
                       f"sender {r['sender_us']:.0f} us/push, fake {r['fake_us']:.0f} us/push", file=sys.stderr)
         finally:
             fakes.stop()
     print(f"\nMachine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, uvloop; "
           f"{args.pushes} pushes per row{' (profiled rows are slower)' if args.profile else ''}\n")
-    print("| gateway | connections | in flight | pushes/s | sender CPU µs/push | fake CPU µs/push |")
-    print("|---|---|---|---|---|---|")
-    for gateway, connections, window, r in rows:
-        print(f"| {gateway} | {connections} | {window} | {r['per_s']:,.0f} | {r['sender_us']:.0f} | "
-              f"{r['fake_us']:.0f} |")
+    print("| sender | gateway | connections | in flight | delivered | pushes/s | sender CPU µs/push "
+          "| fake CPU µs/push |")
+    print("|---|---|---|---|---|---|---|---|")
+    for peer, gateway, connections, window, r in rows:
+        name = "dispatcher" if peer == "ours" else f"{peer} (peer)"
+        print(f"| {name} | {gateway} | {connections} | {window} | {r['delivered']:,} | {r['per_s']:,.0f} | "
+              f"{r['sender_us']:.0f} | {r['fake_us']:.0f} |")
+    ours = next((r for p, g, c, w, r in rows if (p, g, c, w) == ("ours", "apns", 4, 1000)), None)
+    peer = next((r for p, g, c, w, r in rows if (p, g, c, w) == ("aioapns", "apns", 4, 1000)), None)
+    if ours and peer:
+        print(f"\nAPNs at 4 connections, 1,000 in flight: aioapns costs {peer['sender_us'] / ours['sender_us']:.1f}x "
+              "the dispatcher's CPU a push (same run, same fake).")
     for gateway, profile in profiles.items():
         print(f"\nWhere the {gateway} sender's time goes (cProfile, share of own time by package):")
         print(summarize(profile))

@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -66,29 +67,27 @@ class FcmSender:
                              timeout_s=settings.request_timeout_s, ca_path=settings.ca_path, setting="fcm.")
         self._slots = asyncio.Semaphore(settings.in_flight)
         self._refresh_lock = asyncio.Lock()
-        self._token_issued: dt.datetime | None = None
+        # The token and, on the monotonic clock, when it stops being fresh
+        # (its expiry less the refresh margin): one comparison a push.
+        self._token = ""
+        self._fresh_until = 0.0
         self.refreshes = 0
-
-    def _token_fresh(self) -> bool:
-        creds, issued = self._creds, self._token_issued
-        if creds.token is None or creds.expiry is None or issued is None:
-            return False
-        lifetime = (creds.expiry - issued).total_seconds()
-        margin = min(self.settings.token_refresh_margin_s, lifetime / 4)
-        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)  # google-auth keeps naive UTC
-        return bool((creds.expiry - now).total_seconds() > margin)
 
     async def _access_token(self, stale: str | None = None) -> str:
         """A valid access token; ``stale`` is one the gateway refused."""
-        if self._token_fresh() and self._creds.token != stale:
-            return str(self._creds.token)
+        if time.monotonic() < self._fresh_until and self._token != stale:
+            return self._token
         async with self._refresh_lock:
-            if not self._token_fresh() or self._creds.token == stale:
-                issued = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+            if time.monotonic() >= self._fresh_until or self._token == stale:
+                issued = dt.datetime.now(dt.UTC).replace(tzinfo=None)  # google-auth keeps naive UTC
+                started = time.monotonic()
                 await asyncio.to_thread(self._creds.refresh, self._google_request)
-                self._token_issued = issued
                 self.refreshes += 1
-        return str(self._creds.token)
+                self._token = str(self._creds.token)
+                lifetime = (self._creds.expiry - issued).total_seconds() if self._creds.expiry else 0.0
+                margin = min(self.settings.token_refresh_margin_s, lifetime / 4)
+                self._fresh_until = started + lifetime - margin
+        return self._token
 
     @staticmethod
     def _body(push: Push) -> bytes:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from pyreqwest.client import Client, ClientBuilder
+from pyreqwest.client import ClientBuilder
 from pyreqwest.exceptions import (
     BuilderError,
     ConnectError,
@@ -98,47 +98,45 @@ class Origin:
 
     async def post(self, path: str, headers: dict[str, str], body: bytes) -> Answer:
         """One POST; raises SendError when no answer came. A request the
-        server refused before processing it goes once more at once."""
-        try:
-            return await self._post(path, headers, body)
-        except SendError as e:
-            if not e.unprocessed or self.reconnect.failing:
-                raise
-        return await self._post(path, headers, body)
+        server refused before processing it goes once more at once. The
+        body of a 2xx answer is not read: neither gateway says anything in
+        it that a sender needs."""
+        url = self.origin + path
+        for attempt in (1, 2):
+            if self.reconnect.failing:
+                wait = self.reconnect.wait_s(asyncio.get_running_loop().time())
+                if wait > 0:
+                    raise SendError(f"connection: next attempt in {wait:.1f} s", unprocessed=True)
+            try:
+                response = await next(self._next).post(url).headers(headers).body_bytes(body).build().send()
+                status = response.status
+                data = b"" if status < 300 else bytes(await response.bytes())
+            except RequestTimeoutError:
+                raise SendError("timeout") from None
+            except PyreqwestError as e:
+                error = self._failure(e)
+                if attempt == 2 or not error.unprocessed or self.reconnect.failing:
+                    raise error from None
+                continue
+            if self.reconnect.failing:
+                self.reconnect.attempted(asyncio.get_running_loop().time(), ok=True)
+            return Answer(status, data, response.get_header("retry-after"))
+        raise AssertionError("unreachable")
 
-    async def _post(self, path: str, headers: dict[str, str], body: bytes) -> Answer:
-        loop = asyncio.get_running_loop()
-        wait = self.reconnect.wait_s(loop.time())
-        if wait > 0:
-            raise SendError(f"connection: next attempt in {wait:.1f} s", unprocessed=True)
-        request = next(self._next).post(self.origin + path).headers(headers).body_bytes(body).build()
-        try:
-            response = await request.send()
-            status = response.status
-            data = bytes(await response.bytes())
-        except RequestTimeoutError:
-            raise SendError("timeout") from None
-        except PyreqwestError as e:
-            causes = _causes(e)
-            if isinstance(e, ConnectError) and "client error (Connect)" in causes:
-                # Dialling failed: nothing was sent.
-                self.reconnect.attempted(loop.time(), ok=False)
-                raise SendError(f"connection: {causes[-1]}", unprocessed=True) from None
-            # The connection failed under the request (which the server may
-            # have taken), or the server refused the stream unprocessed.
-            refused = any("REFUSED_STREAM" in c or "refused stream" in c.lower() for c in causes)
-            raise SendError(f"connection: {causes[-1]}", unprocessed=refused) from None
-        if self.reconnect.failing:
-            self.reconnect.attempted(loop.time(), ok=True)
-        return Answer(status, data, response.get_header("retry-after"))
+    def _failure(self, e: PyreqwestError) -> SendError:
+        causes = _causes(e)
+        if isinstance(e, ConnectError) and "client error (Connect)" in causes:
+            # Dialling failed: nothing was sent.
+            self.reconnect.attempted(asyncio.get_running_loop().time(), ok=False)
+            return SendError(f"connection: {causes[-1]}", unprocessed=True)
+        # The connection failed under the request (which the server may have
+        # taken), or the server refused the stream before processing it.
+        refused = any("REFUSED_STREAM" in c or "refused stream" in c.lower() for c in causes)
+        return SendError(f"connection: {causes[-1]}", unprocessed=refused)
 
     async def close(self) -> None:
         for client in self._clients:
             await client.close()
-
-    @property
-    def clients(self) -> list[Client]:
-        return self._clients
 
 
 def _causes(error: PyreqwestError) -> list[str]:

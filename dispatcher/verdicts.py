@@ -80,7 +80,13 @@ def by_status(status: int) -> Verdict:
     return P
 
 
+# The answer nearly every push gets, made once.
+DELIVERED = Outcome(D, 200, "OK")
+
+
 def apns_outcome(status: int, reason: str, retry_after_s: float | None, bad_token_removes: bool = True) -> Outcome:
+    if status == 200:
+        return DELIVERED
     verdict = APNS.get((status, reason)) or by_status(status)
     if reason in APNS_TOKEN_REASONS and not bad_token_removes:
         verdict = P
@@ -90,6 +96,8 @@ def apns_outcome(status: int, reason: str, retry_after_s: float | None, bad_toke
 def fcm_outcome(status: int, body: Mapping[str, Any] | None, retry_after_s: float | None) -> Outcome:
     """Reads FCM's error body: the errorCode of an FcmError detail, whether a
     BadRequest detail blames the payload, or an ErrorInfo reason."""
+    if status == 200:
+        return DELIVERED
     if 200 <= status < 300:
         return Outcome(D, status, "OK")
     error = (body or {}).get("error") or {}

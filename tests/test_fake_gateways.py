@@ -176,7 +176,7 @@ def _spy_fcm_bodies(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     outcome = FcmSender._outcome
 
     def spy(answer: Answer) -> Outcome:
-        bodies.append(json.loads(answer.body))
+        bodies.append(json.loads(answer.body) if answer.body else {})  # 2xx bodies go unread
         return outcome(answer)
 
     monkeypatch.setattr(FcmSender, "_outcome", staticmethod(spy))
@@ -263,7 +263,9 @@ async def test_fcm_projects_each_with_its_own_service_account(gateways: FakeGate
 async def test_refused_connections_are_counted_and_healing_lets_sends_through(gateways: FakeGateways) -> None:
     apns, fcm = ApnsSender(apns_settings_for(gateways)), FcmSender(fcm_settings_for(gateways))
     pushes: dict[str, tuple[ApnsSender | FcmSender, Push]] = {
-        "apns": (apns, Push(apns_token(1), encode({"aps": {}}))), "fcm": (fcm, Push(fcm_token(1), encode({"data": {}})))}
+        "apns": (apns, Push(apns_token(1), encode({"aps": {}}))),
+        "fcm": (fcm, Push(fcm_token(1), encode({"data": {}}))),
+    }
     try:
         for name, (sender, push) in pushes.items():
             fake = gateways.apns if name == "apns" else gateways.fcm
