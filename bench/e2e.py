@@ -2,11 +2,13 @@
 microseconds per delivered push of the dispatcher process and of Tarantool
 (read from /proc), the fakes' CPU reported apart.
 
-    .venv/bin/python -m bench.e2e [--devices 200000]
+    .venv/bin/python -m bench.e2e [--devices 200000] [--profile]
 
 Three processes besides this one, as in production: Tarantool, `dispatcher
 run` (not embedded) and `dispatcher fake-gateways`. Half the devices are
-iOS, half Android.
+iOS, half Android. ``--profile`` runs the dispatcher under cProfile and
+prints the top of its profile (by own time; the profiler slows it, so the
+CPU figures of a profiled run are not the ones to quote).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import asyncio
 import os
 import platform
+import pstats
 import sys
 import tempfile
 import time
@@ -58,6 +61,7 @@ def config(tmp: Path, settings: Settings, fakes: Fakes, api_port: int) -> Path:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=200_000)
+    parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -67,8 +71,11 @@ async def main() -> None:
         tarantool.start()
         fakes = Fakes(tmp / "fakes")
         api_port = free_port()
+        profile = tmp / "dispatcher.prof"
+        profiler = ["-m", "cProfile", "-o", str(profile)] if args.profile else []
         dispatcher = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "dispatcher", "--config", str(config(tmp, settings, fakes, api_port)), "run",
+            sys.executable, *profiler, "-m", "dispatcher", "--config", str(config(tmp, settings, fakes, api_port)),
+            "run",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
         try:
             assert dispatcher.stdout is not None
@@ -106,6 +113,7 @@ async def main() -> None:
             await dispatcher.wait()
             fakes.stop()
             tarantool.stop()
+        top = top_of(profile) if args.profile else ""
     delivered = status["progress"]["delivered"]
     print(f"\nMachine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}\n")
     print("| devices | delivered | seconds | delivered/s | dispatcher CPU µs/push | Tarantool CPU µs/push "
@@ -114,6 +122,19 @@ async def main() -> None:
     print(f"| {args.devices:,} | {delivered:,} | {elapsed:.1f} | {delivered / elapsed:,.0f} | "
           f"{cpu['dispatcher'] / delivered * 1e6:.0f} | {cpu['tarantool'] / delivered * 1e6:.0f} | "
           f"{cpu['fakes'] / delivered * 1e6:.0f} |")
+    if top:
+        print(f"\nTop of the dispatcher's profile (own time, µs per delivered push):\n\n{top}")
+
+
+def top_of(path: Path, rows: int = 15) -> str:
+    stats = pstats.Stats(str(path))
+    entries = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])  # type: ignore[attr-defined]
+    total = sum(v[2] for _, v in entries)
+    lines = ["| function | calls | own time | share |", "|---|---|---|---|"]
+    for (filename, line, name), (_, calls, own, _, _) in entries[:rows]:
+        where = filename.split("site-packages/")[-1].split("/work/main/")[-1] if filename != "~" else "builtin"
+        lines.append(f"| `{where}:{line}({name})` | {calls:,} | {own:.2f} s | {own / total * 100:.1f}% |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

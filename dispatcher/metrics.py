@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 PUSHES = Counter("dispatcher_pushes_total", "Pushes settled, by platform and verdict",
@@ -56,3 +59,29 @@ for _event in ("created", "started", "fanned_out", "cancelled"):
     BROADCASTS.labels(_event)
 for _tube in ("ios", "android", "fanout"):
     SETTLE_FAILURES.labels(_tube)
+
+
+@dataclass(frozen=True, slots=True)
+class SendMetrics:
+    """A send pipeline's children of the metrics above, bound once: a
+    ``labels()`` lookup per push cost more than the increment itself."""
+
+    delivered: Any
+    dead_token: Any
+    failed: Any
+    expired_push: Any
+    cancelled: Any
+    expired: Any
+    retries: Any
+    dead_tokens: Any
+    dead_letters: Any
+    in_flight: Any
+    latency: Any
+
+    @classmethod
+    def bind(cls, platform: str) -> SendMetrics:
+        pushes = {v: PUSHES.labels(platform, v) for v in ("delivered", "dead_token", "failed", "expired", "cancelled")}
+        return cls(pushes["delivered"], pushes["dead_token"], pushes["failed"], pushes["expired"],
+                   pushes["cancelled"], EXPIRED.labels(platform), RETRIES.labels(platform),
+                   DEAD_TOKENS.labels(platform), DEAD_LETTERS.labels(platform), IN_FLIGHT.labels(platform),
+                   GATEWAY_LATENCY.labels(platform))

@@ -56,6 +56,7 @@ class SendPipeline:
     def __init__(self, platform: str, tube: Tube, apps: Apps, store: Store, broadcasts: Broadcasts,
                  backoff: Backoff, dispatch: DispatchSettings, request_timeout_s: float) -> None:
         self.platform = platform
+        self.metrics = metrics.SendMetrics.bind(platform)
         self.tube = tube
         self.apps = apps
         self.store = store
@@ -153,8 +154,8 @@ class SendPipeline:
         self.settler.add(item)
 
     def _bury(self, task: Task, broadcast: str | None, reason: str, data: Any) -> None:
-        metrics.DEAD_LETTERS.labels(self.platform).inc()
-        metrics.PUSHES.labels(self.platform, "failed").inc()
+        self.metrics.dead_letters.inc()
+        self.metrics.failed.inc()
         self.settler.add(bury(task.id, broadcast, reason, {"task_id": task.id, "task": data}))
 
     def _message_body(self, message: dict[str, Any]) -> bytes:
@@ -184,7 +185,7 @@ class SendPipeline:
             return self._expired(task, b)
         resolved = await self._payload(send)
         if resolved is None:
-            metrics.PUSHES.labels(self.platform, "cancelled").inc()
+            self.metrics.cancelled.inc()
             return ack(task.id, b, "cancelled")
         body, collapse_key, app = resolved
         route = self.apps.route(app or self.apps.sole_app(self.platform) or "", self.platform)
@@ -203,13 +204,14 @@ class SendPipeline:
                     topic=route.topic)
         if not send.first_attempt_at:
             send.first_attempt_at = now
-        metrics.IN_FLIGHT.labels(self.platform).inc()
+        m = self.metrics
+        m.in_flight.inc()
         started = time.monotonic()
         try:
             outcome = await route.sender.send(push)
         finally:
-            metrics.IN_FLIGHT.labels(self.platform).dec()
-        metrics.GATEWAY_LATENCY.labels(self.platform).observe(time.monotonic() - started)
+            m.in_flight.dec()
+        m.latency.observe(time.monotonic() - started)
         route.gate.record(outcome.verdict, outcome.reason, probe=probe, confirming=send.suspect)
         return self._verdict(task, send, b, route, outcome.verdict, outcome.reason, outcome.retry_after_s)
 
@@ -217,7 +219,7 @@ class SendPipeline:
                  retry_after_s: float | None) -> Item:
         now = time.time()
         if verdict is Verdict.DELIVERED:
-            metrics.PUSHES.labels(self.platform, "delivered").inc()
+            self.metrics.delivered.inc()
             return ack(task.id, b, "delivered")
         if verdict is Verdict.DEAD_TOKEN:
             if route.gate.guard.tripped:
@@ -225,22 +227,22 @@ class SendPipeline:
             if not send.suspect:
                 send.suspect = True
                 return self._later(task, send, b, self.backoff.jittered(self.confirm_s), now)
-            metrics.PUSHES.labels(self.platform, "dead_token").inc()
-            metrics.DEAD_TOKENS.labels(self.platform).inc()
+            self.metrics.dead_token.inc()
+            self.metrics.dead_tokens.inc()
             return ack(task.id, b, "dead_tokens", remove=send.token)
         if verdict is Verdict.CONFIG:
             return self._later(task, send, b, route.gate.retry_in_s(), now)
         if verdict is Verdict.TEMPORARY:
             delay = self.backoff.next_delay_s(send.attempt + 1, now - send.first_attempt_at, retry_after_s)
             if delay is None:
-                metrics.DEAD_LETTERS.labels(self.platform).inc()
-                metrics.PUSHES.labels(self.platform, "failed").inc()
+                self.metrics.dead_letters.inc()
+                self.metrics.failed.inc()
                 return bury(task.id, b, f"retry deadline passed: {reason}", {"task_id": task.id, "task": send.wire()})
             send.attempt += 1
-            metrics.RETRIES.labels(self.platform).inc()
+            self.metrics.retries.inc()
             return self._later(task, send, b, delay, now)
-        metrics.DEAD_LETTERS.labels(self.platform).inc()
-        metrics.PUSHES.labels(self.platform, "failed").inc()
+        self.metrics.dead_letters.inc()
+        self.metrics.failed.inc()
         return bury(task.id, b, reason, {"task_id": task.id, "task": send.wire()})
 
     def _later(self, task: Task, send: SendTask, b: str | None, delay_s: float, now: float) -> Item:
@@ -251,8 +253,8 @@ class SendPipeline:
         return release(task.id, b, "retries", delay_s, send.wire())
 
     def _expired(self, task: Task, b: str | None) -> Item:
-        metrics.EXPIRED.labels(self.platform).inc()
-        metrics.PUSHES.labels(self.platform, "expired").inc()
+        self.metrics.expired.inc()
+        self.metrics.expired_push.inc()
         return ack(task.id, b, "expired")
 
 
