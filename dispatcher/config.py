@@ -146,7 +146,7 @@ class ApnsSettings(BaseModel):
     topic: str | None = Field(None, pattern=r"^[\w.-]+$")
     # "production", "sandbox", or host:port (a fake, a proxy).
     endpoint: str = Field("production", pattern=r"^(production|sandbox|[^\s:]+:\d{1,5})$")
-    # CA file to trust instead of the system's (for a fake).
+    # A CA file to trust besides the system's (a fake, a TLS-inspecting proxy).
     ca_path: Path | None = None
     connections: int = Field(4, ge=1, le=100)
     in_flight: int = Field(1000, ge=1)
@@ -181,9 +181,11 @@ class FcmSettings(BaseModel):
     service_account_path: Path
     # Defaults to the service account's project_id.
     project_id: str | None = None
-    endpoint: str = Field("https://fcm.googleapis.com", pattern=r"^https?://[^\s/]+$")
+    # HTTPS only: the gateways speak HTTP/2 over TLS.
+    endpoint: str = Field("https://fcm.googleapis.com", pattern=r"^https://[^\s/]+$")
     # Overrides the service account's token_uri.
     token_uri: str | None = None
+    # A CA file to trust besides the system's (a fake, a TLS-inspecting proxy).
     ca_path: Path | None = None
     connections: int = Field(2, ge=1, le=100)
     in_flight: int = Field(1000, ge=1)

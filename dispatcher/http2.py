@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from cryptography import x509
 from pyreqwest.client import ClientBuilder
 from pyreqwest.exceptions import (
     BuilderError,
@@ -65,10 +66,16 @@ class Origin:
         names the setting a bad CA or identity comes from."""
         self.origin = origin.rstrip("/")
         self.reconnect = ReconnectDelay()
-        try:
-            ca = ca_path.read_bytes() if ca_path is not None else None
-        except OSError as e:
-            raise ConfigError(f"{setting}ca_path: cannot read {ca_path}: {e.strerror}") from None
+        ca = None
+        if ca_path is not None:
+            try:
+                ca = ca_path.read_bytes()
+                # pyreqwest skips what is not a certificate without a word.
+                x509.load_pem_x509_certificates(ca)
+            except OSError as e:
+                raise ConfigError(f"{setting}ca_path: cannot read {ca_path}: {e.strerror}") from None
+            except ValueError:
+                raise ConfigError(f"{setting}ca_path: {ca_path} holds no PEM certificate") from None
         try:
             # A builder makes one client.
             self._clients = [self._builder(timeout_s, idle_timeout_s, ca, identity).build()

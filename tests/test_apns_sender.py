@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import jwt
 import pytest
 
 from dispatcher.apns import ApnsSender
@@ -190,6 +192,23 @@ async def test_goaway_resends_elsewhere_with_few_duplicates(gateways: FakeGatewa
     assert duplicates == 0, "only requests the server did not take are resent"
 
 
+async def test_connections_each_held_to_the_servers_stream_limit(gateways: FakeGateways) -> None:
+    """Apple sets MAX_CONCURRENT_STREAMS per connection: pushes past it wait
+    for a stream (a client that opens more commits a protocol error, and
+    the connection dies with what it carried)."""
+    gateways.apns.server.max_concurrent_streams = 10
+    gateways.apns.faults.set(Faults(slow_share=1.0, slow_s=0.2))
+    sender = ApnsSender(apns_settings_for(gateways, connections=3, in_flight=300))
+    try:
+        outcomes = await asyncio.gather(*(sender.send(push(i)) for i in range(600)))
+    finally:
+        await sender.close()
+    assert [o.reason for o in outcomes if not o.delivered] == []
+    stats = gateways.stats()["apns"]
+    assert stats["connections"] == 3 and stats["requests"] == 600, stats
+    assert gateways.apns.server.peak_streams == 10
+
+
 async def test_quickly_expiring_provider_tokens_are_refreshed(gateways: FakeGateways) -> None:
     gateways.apns.faults.set(Faults(token_ttl_s=3))
     sender = ApnsSender(apns_settings_for(gateways, token_refresh_s=1))
@@ -225,6 +244,20 @@ async def test_all_connections_share_one_provider_token(gateways: FakeGateways) 
         await sender.close()
     assert all(o.delivered for o in outcomes)
     assert sender.provider is not None and sender.provider.minted == 1
+
+
+async def test_nodes_sharing_a_key_present_the_same_iat(gateways: FakeGateways) -> None:
+    """Each node mints its own provider token; with iat on a period boundary
+    every node's token carries the same one, so Apple sees no churn."""
+    senders = [ApnsSender(apns_settings_for(gateways, token_refresh_s=600)) for _ in range(2)]
+    try:
+        iats = [jwt.decode(s.provider.get_header().split()[1], options={"verify_signature": False})["iat"]
+                for s in senders if s.provider is not None]
+    finally:
+        for s in senders:
+            await s.close()
+    assert len(iats) == 2 and iats[0] == iats[1] and iats[0] % 600 == 0
+    assert time.time() - 600 < iats[0] <= time.time()
 
 
 async def test_wrong_team_id_is_our_configuration_error(gateways: FakeGateways) -> None:

@@ -29,7 +29,7 @@ def creds(tmp_path_factory: pytest.TempPathFactory) -> FakeCredentials:
 
 @pytest.fixture
 async def build() -> AsyncIterator[Build]:
-    """Builds Apps (inside the loop: aioapns' pools want one) and closes them all."""
+    """Builds Apps (inside the loop, as the service does) and closes them all."""
     made: list[Apps] = []
 
     def _build(apps: dict[str, AppSettings]) -> Apps:
@@ -141,6 +141,24 @@ def _garbage_cert(creds: FakeCredentials, d: Path) -> AppSettings:
     return AppSettings(apns={"cert_path": d / "cert.pem", "topic": "com.example.news", "endpoint": "127.0.0.1:1"})
 
 
+def _cert_without_key(creds: FakeCredentials, d: Path) -> AppSettings:
+    # The certificate alone: TLS client auth needs its private key too.
+    pem = creds.apns_client_cert_path.read_text()
+    end = "-----END CERTIFICATE-----"
+    start = pem.index("-----BEGIN CERTIFICATE-----")
+    (d / "cert.pem").write_text(pem[start:pem.index(end, start)] + end + "\n")
+    return AppSettings(apns={"cert_path": d / "cert.pem", "topic": "com.example.news", "endpoint": "127.0.0.1:1"})
+
+
+def _garbage_apns_ca(creds: FakeCredentials, d: Path) -> AppSettings:
+    (d / "ca.pem").write_text("not a certificate\n")
+    return AppSettings(apns=creds.apns_settings(4431, ca_path=d / "ca.pem"))
+
+
+def _missing_fcm_ca(creds: FakeCredentials, d: Path) -> AppSettings:
+    return AppSettings(fcm=creds.fcm_settings(4432, ca_path=d / "missing.pem"))
+
+
 def _garbage_account(creds: FakeCredentials, d: Path) -> AppSettings:
     (d / "account.json").write_text("{not json")
     return AppSettings(fcm=creds.fcm_settings(4432, service_account_path=d / "account.json"))
@@ -160,11 +178,14 @@ def _account_without_project(creds: FakeCredentials, d: Path) -> AppSettings:
 
 @pytest.mark.parametrize(("make", "setting"), [
     (_garbage_p8, "apns.key_path"),
-    (_binary_p8, "apns.key_path"),  # BUG: UnicodeDecodeError escapes (apns.py catches only OSError on read)
+    (_binary_p8, "apns.key_path"),
     (_missing_p8, "apns.key_path"),
     (_garbage_cert, "apns.cert_path"),
+    (_cert_without_key, "apns.cert_path"),
+    (_garbage_apns_ca, "apns.ca_path"),
+    (_missing_fcm_ca, "fcm.ca_path"),
     (_garbage_account, "fcm.service_account_path"),
-    (_account_not_an_object, "fcm.service_account_path"),  # BUG: google-auth's AttributeError escapes
+    (_account_not_an_object, "fcm.service_account_path"),
     (_account_without_project, "fcm.project_id"),
 ], ids=lambda v: v.__name__.strip("_") if callable(v) else None)
 async def test_credential_that_does_not_load(creds: FakeCredentials, build: Build, tmp_path: Path,
@@ -177,7 +198,6 @@ async def test_credential_that_does_not_load(creds: FakeCredentials, build: Buil
     assert str(e.value).startswith(f"apps.news.{setting}")
 
 
-@pytest.mark.filterwarnings("ignore:X509.get_subject is deprecated:DeprecationWarning")  # aioapns' pyOpenSSL call
 async def test_certificate_without_topic_or_uid(creds: FakeCredentials, build: Build) -> None:
     # trustme's certificate has no UID, so there is no topic to fall back on.
     app = AppSettings(apns={"cert_path": creds.apns_client_cert_path, "endpoint": "127.0.0.1:1"})

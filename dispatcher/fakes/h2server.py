@@ -136,6 +136,7 @@ class H2ServerProtocol(asyncio.Protocol):
                 # header_encoding="utf-8": names and values arrive as str.
                 headers = [(str(k), str(v)) for k, v in event.headers or []]
                 self._streams[event.stream_id] = (headers, bytearray())
+                self.server.peak_streams = max(self.server.peak_streams, self.conn.open_inbound_streams)
             elif isinstance(event, DataReceived):
                 if event.stream_id in self._streams:
                     self._streams[event.stream_id][1].extend(event.data)
@@ -264,6 +265,8 @@ class H2Server:
         self.refused = 0
         self.goaways = 0
         self.dropped = 0
+        # The most streams a client had open at once on one connection.
+        self.peak_streams = 0
         self._listener: socket.socket | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
