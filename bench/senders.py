@@ -171,19 +171,23 @@ async def main() -> None:
             ("ours", "fcm", 1, 100), ("ours", "fcm", 1, 500), ("ours", "fcm", 4, 1000)]
     rows: list[tuple[str, str, int, int, dict[str, Any]]] = []
     profiles: dict[str, cProfile.Profile] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        fakes = Fakes(Path(tmp))
-        try:
-            for peer, gateway, connections, window in plan:
+    for peer, gateway, connections, window in plan:
+        # A fake of its own per row: the fake APNs, as Apple does, refuses a
+        # team whose provider tokens change too often, and aioapns' tokens
+        # (one per connection, minted when it opens) must not meet the
+        # state an earlier row left.
+        with tempfile.TemporaryDirectory() as tmp:
+            fakes = Fakes(Path(tmp))
+            try:
                 profile = None
                 if args.profile and peer == "ours" and gateway not in profiles:
                     profile = profiles[gateway] = cProfile.Profile()
                 r = await run(peer, gateway, fakes, connections, window, args.pushes, profile)
-                rows.append((peer, gateway, connections, window, r))
-                print(f"{peer} {gateway} conns={connections} window={window}: {r['per_s']:.0f}/s, "
-                      f"sender {r['sender_us']:.0f} us/push, fake {r['fake_us']:.0f} us/push", file=sys.stderr)
-        finally:
-            fakes.stop()
+            finally:
+                fakes.stop()
+        rows.append((peer, gateway, connections, window, r))
+        print(f"{peer} {gateway} conns={connections} window={window}: {r['per_s']:.0f}/s, "
+              f"sender {r['sender_us']:.0f} us/push, fake {r['fake_us']:.0f} us/push", file=sys.stderr)
     print(f"\nMachine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, uvloop; "
           f"{args.pushes} pushes per row{' (profiled rows are slower)' if args.profile else ''}\n")
     print("| sender | gateway | connections | in flight | delivered | pushes/s | sender CPU µs/push "

@@ -14,7 +14,6 @@ What the gateway needs beyond plain HTTP/2, and where it is done:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -94,19 +93,18 @@ class ApnsSender:
                 raise ConfigError(f"apns.key_path: {settings.key_path} is not an ES256 .p8 key: {e}") from None
         self.topic = settings.topic or self.certificate_topic
         self.origin = Origin(f"https://{host}:{port}", connections=settings.connections,
-                             timeout_s=settings.request_timeout_s, idle_timeout_s=settings.idle_timeout_s,
-                             ca_path=settings.ca_path, identity=identity, setting="apns.")
-        self._slots = asyncio.Semaphore(settings.in_flight)
+                             in_flight=settings.in_flight, timeout_s=settings.request_timeout_s,
+                             idle_timeout_s=settings.idle_timeout_s, ca_path=settings.ca_path, identity=identity,
+                             setting="apns.")
 
     async def send(self, push: Push) -> Outcome:
         """Sends one push and says what became of it. Never raises for a
         gateway's answer or a network fault: those are outcomes."""
-        async with self._slots:
+        outcome = await self._send_once(push)
+        if outcome.reason == "ExpiredProviderToken" and self.provider is not None:
+            self.provider.force_refresh()
             outcome = await self._send_once(push)
-            if outcome.reason == "ExpiredProviderToken" and self.provider is not None:
-                self.provider.force_refresh()
-                outcome = await self._send_once(push)
-            return outcome
+        return outcome
 
     async def _send_once(self, push: Push) -> Outcome:
         headers = {"apns-push-type": push.push_type, "apns-priority": "10" if push.priority == "high" else "5"}

@@ -63,9 +63,8 @@ class FcmSender:
         self.path = f"/v1/projects/{project}/messages:send"
         self._session = requests.Session()
         self._google_request = _TokenRequest(self._session, settings.ca_path)
-        self.origin = Origin(settings.endpoint, connections=settings.connections,
+        self.origin = Origin(settings.endpoint, connections=settings.connections, in_flight=settings.in_flight,
                              timeout_s=settings.request_timeout_s, ca_path=settings.ca_path, setting="fcm.")
-        self._slots = asyncio.Semaphore(settings.in_flight)
         self._refresh_lock = asyncio.Lock()
         # The token and, on the monotonic clock, when it stops being fresh
         # (its expiry less the refresh margin): one comparison a push.
@@ -107,26 +106,25 @@ class FcmSender:
         """Sends one push and says what became of it. Never raises for a
         gateway's answer or a network fault: those are outcomes."""
         body = self._body(push)
-        async with self._slots:
-            stale = None
-            for _ in range(2):
-                try:
-                    token = await self._access_token(stale)
-                except (google.auth.exceptions.GoogleAuthError, requests.RequestException) as e:
-                    log.warning("fcm: OAuth token refresh failed: %s", e)
-                    return no_answer(f"oauth: {type(e).__name__}")
-                headers = {"authorization": "Bearer " + token, "content-type": "application/json"}
-                try:
-                    answer = await self.origin.post(self.path, headers, body)
-                except SendError as e:
-                    return no_answer(e.reason)
-                outcome = self._outcome(answer)
-                if outcome.status == 401 and outcome.reason in ("ACCESS_TOKEN_EXPIRED", "UNAUTHENTICATED") \
-                        and stale is None:
-                    stale = token
-                    continue
-                return outcome
+        stale = None
+        for _ in range(2):
+            try:
+                token = await self._access_token(stale)
+            except (google.auth.exceptions.GoogleAuthError, requests.RequestException) as e:
+                log.warning("fcm: OAuth token refresh failed: %s", e)
+                return no_answer(f"oauth: {type(e).__name__}")
+            headers = {"authorization": "Bearer " + token, "content-type": "application/json"}
+            try:
+                answer = await self.origin.post(self.path, headers, body)
+            except SendError as e:
+                return no_answer(e.reason)
+            outcome = self._outcome(answer)
+            if outcome.status == 401 and outcome.reason in ("ACCESS_TOKEN_EXPIRED", "UNAUTHENTICATED") \
+                    and stale is None:
+                stale = token
+                continue
             return outcome
+        return outcome
 
     @staticmethod
     def _outcome(answer: Answer) -> Outcome:

@@ -1,13 +1,15 @@
-"""Verdict tables, the backoff policy and the GOAWAY frame splitter: pure logic."""
+"""Verdict tables, the backoff policy and the senders' in-flight slots: pure logic."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
 
 from dispatcher.backoff import Backoff
 from dispatcher.fakes.apns import REASON_STATUS
+from dispatcher.http2 import Slots
 from dispatcher.push import Verdict
 from dispatcher.verdicts import APNS, apns_outcome, fcm_outcome, retry_after
 
@@ -91,3 +93,45 @@ def test_backoff_retry_after_wins_jittered_and_capped_and_time_bounds_it() -> No
     assert policy.next_delay_s(1, elapsed_s=99, retry_after_s=5) is None, "past the deadline"
     delay = policy.next_delay_s(2, elapsed_s=10)
     assert delay is not None and 0 <= delay <= 2
+
+
+async def test_slots_bound_holders_and_serve_waiters_in_order() -> None:
+    slots, holding, most, order = Slots(3), 0, 0, []
+
+    async def hold(i: int) -> None:
+        nonlocal holding, most
+        await slots.acquire()
+        order.append(i)
+        holding += 1
+        most = max(most, holding)
+        await asyncio.sleep(0.01)
+        holding -= 1
+        slots.release()
+
+    await asyncio.gather(*(hold(i) for i in range(10)))
+    assert most == 3 and order == list(range(10)) and slots.free == 3
+
+
+async def test_a_cancelled_waiter_loses_no_slot() -> None:
+    slots = Slots(1)
+    await slots.acquire()
+    waiting = asyncio.create_task(slots.acquire())
+    await asyncio.sleep(0)
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    slots.release()
+    assert slots.free == 1
+
+
+async def test_a_waiter_cancelled_as_it_is_handed_the_slot_passes_it_on() -> None:
+    slots = Slots(1)
+    await slots.acquire()
+    first = asyncio.create_task(slots.acquire())
+    second = asyncio.create_task(slots.acquire())
+    await asyncio.sleep(0)
+    slots.release()  # hands the slot to `first`, which is cancelled before it runs
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    await asyncio.wait_for(second, 1)  # got the slot `first` gave back
+    slots.release()
+    assert slots.free == 1
