@@ -37,6 +37,8 @@ from dispatcher.errors import ConfigError
 # instead of holding its streams until each one times out.
 PING_EVERY_S = 30.0
 PING_TIMEOUT_S = 20.0
+# Sends of a request the server refused unprocessed (no duplicate possible).
+ATTEMPTS = 3
 
 
 class SendError(Exception):
@@ -141,7 +143,8 @@ class Origin:
 
     async def post(self, path: str, headers: dict[str, str], body: bytes) -> Answer:
         """One POST; raises SendError when no answer came. A request the
-        server refused before processing it goes once more at once. The
+        server refused before processing it goes again at once (up to
+        ATTEMPTS in all: each may meet another connection's GOAWAY). The
         body of a 2xx answer is not read: neither gateway says anything in
         it that a sender needs."""
         await self.slots.acquire()
@@ -151,7 +154,7 @@ class Origin:
             self.slots.release()
 
     async def _post(self, url: str, headers: dict[str, str], body: bytes) -> Answer:
-        for attempt in (1, 2):
+        for attempt in range(1, ATTEMPTS + 1):
             if self.reconnect.failing:
                 wait = self.reconnect.wait_s(asyncio.get_running_loop().time())
                 if wait > 0:
@@ -164,7 +167,7 @@ class Origin:
                 raise SendError("timeout") from None
             except PyreqwestError as e:
                 error = self._failure(e)
-                if attempt == 2 or not error.unprocessed or self.reconnect.failing:
+                if attempt == ATTEMPTS or not error.unprocessed or self.reconnect.failing:
                     raise error from None
                 continue
             if self.reconnect.failing:
@@ -179,8 +182,11 @@ class Origin:
             self.reconnect.attempted(asyncio.get_running_loop().time(), ok=False)
             return SendError(f"connection: {causes[-1]}", unprocessed=True)
         # The connection failed under the request (which the server may have
-        # taken), or the server refused the stream before processing it.
-        refused = any("REFUSED_STREAM" in c or "refused stream" in c.lower() for c in causes)
+        # taken), or the server refused the stream before processing it: a
+        # REFUSED_STREAM reset, or a stream above the last id of the server's
+        # GOAWAY, which h2 fails with "connection error received".
+        refused = any("REFUSED_STREAM" in c or "refused stream" in c.lower() or "connection error received" in c
+                      for c in causes)
         return SendError(f"connection: {causes[-1]}", unprocessed=refused)
 
     async def close(self) -> None:
