@@ -309,6 +309,16 @@ def test_every_dashboard_query_returns_data_from_the_cluster(compose: Compose) -
         for scraped in ("dispatcher_broadcast_progress", "dispatcher_gateway_paused == 1"):
             pm.wait_for(f"{scraped} scraped", lambda q=scraped: compose.prometheus(
                 "/api/v1/query", query=q)["result"], 90)
+
+        def api_rate_scraped() -> bool:
+            # An editor polling the broadcast; rates need two scrapes (15 s
+            # apart) of a series, and a node restarted by the tests above
+            # starts its API series afresh.
+            compose.api("GET", "node2", f"/v1/broadcasts/{broadcast}")
+            return bool(compose.prometheus("/api/v1/query", query="rate(dispatcher_api_requests_total[2m])")[
+                "result"])
+
+        pm.wait_for("API request rates", api_rate_scraped, 90, every_s=5)
         empty = []
         for title, expr in queries:
             result = compose.prometheus("/api/v1/query", query=expr)["result"]
