@@ -103,6 +103,7 @@ class Origin:
         names the setting a bad CA or identity comes from."""
         self.origin = origin.rstrip("/")
         self.reconnect = ReconnectDelay()
+        self._trying = False  # a request is trying the gateway again after a failed dial
         self.slots = Slots(in_flight)
         ca = None
         if ca_path is not None:
@@ -155,10 +156,17 @@ class Origin:
 
     async def _post(self, url: str, headers: dict[str, str], body: bytes) -> Answer:
         for attempt in range(1, ATTEMPTS + 1):
+            trial = False
             if self.reconnect.failing:
+                # After a failed dial, one request at a time tries again once
+                # the delay is over; the rest fail at once meanwhile (with K
+                # connections each would dial otherwise).
                 wait = self.reconnect.wait_s(asyncio.get_running_loop().time())
                 if wait > 0:
                     raise SendError(f"connection: next attempt in {wait:.1f} s", unprocessed=True)
+                if self._trying:
+                    raise SendError("connection: reconnecting", unprocessed=True)
+                self._trying = trial = True
             try:
                 response = await next(self._next).post(url).headers(headers).body_bytes(body).build().send()
                 status = response.status
@@ -170,6 +178,9 @@ class Origin:
                 if attempt == ATTEMPTS or not error.unprocessed or self.reconnect.failing:
                     raise error from None
                 continue
+            finally:
+                if trial:
+                    self._trying = False
             if self.reconnect.failing:
                 self.reconnect.attempted(asyncio.get_running_loop().time(), ok=True)
             return Answer(status, data, response.get_header("retry-after"))
@@ -178,16 +189,20 @@ class Origin:
     def _failure(self, e: PyreqwestError) -> SendError:
         causes = _causes(e)
         if isinstance(e, ConnectError) and "client error (Connect)" in causes:
-            # Dialling failed: nothing was sent.
-            self.reconnect.attempted(asyncio.get_running_loop().time(), ok=False)
+            # Dialling failed: nothing was sent. The requests that waited on
+            # the same dial fail with it: one failure, not one per request.
+            now = asyncio.get_running_loop().time()
+            if self.reconnect.wait_s(now) == 0:
+                self.reconnect.attempted(now, ok=False)
             return SendError(f"connection: {causes[-1]}", unprocessed=True)
-        # The connection failed under the request (which the server may have
-        # taken), or the server refused the stream before processing it: a
-        # REFUSED_STREAM reset, or a stream above the last id of the server's
-        # GOAWAY, which h2 fails with "connection error received".
-        refused = any("REFUSED_STREAM" in c or "refused stream" in c.lower() or "connection error received" in c
-                      for c in causes)
-        return SendError(f"connection: {causes[-1]}", unprocessed=refused)
+        # Never sent (the connection it waited for failed or closed first),
+        # or refused before the server processed it: a REFUSED_STREAM reset,
+        # or a stream above the last id of the server's GOAWAY, which h2
+        # fails with "connection error received". Otherwise the connection
+        # failed under the request, which the server may have taken.
+        unprocessed = any("REFUSED_STREAM" in c or "refused stream" in c.lower() or "connection error received" in c
+                          or c == "request was canceled" for c in causes)
+        return SendError(f"connection: {causes[-1]}", unprocessed=unprocessed)
 
     async def close(self) -> None:
         for client in self._clients:
