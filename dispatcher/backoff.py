@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
-
-T = TypeVar("T")
 
 # Retry-After gets up to this share of itself added at random; other waits
 # (probes, pauses) this much either way.
@@ -54,16 +51,21 @@ class Backoff:
 
 
 class ReconnectDelay:
-    """Connection attempts to one gateway after a failure wait out an
-    exponential, jittered delay; until then a sender fails at once instead
-    of dialling (a thousand waiting pushes make one attempt, not a
-    thousand)."""
+    """Connection attempts to one gateway. Until an attempt has succeeded
+    (at first, and after a failure) one request at a time tries: at first
+    the others wait for its outcome; after a failure they fail at once, and
+    the next try waits out an exponential, jittered delay. A thousand
+    waiting pushes over K connections make one attempt, not a thousand (the
+    HTTP client dials again for every request queued on a failed dial)."""
 
     def __init__(self, base_s: float = 0.5, cap_s: float = 10.0, rng: random.Random | None = None) -> None:
         self.base_s, self.cap_s = base_s, cap_s
         self._rng = rng or random.Random()
         self._failures = 0
         self._retry_at = 0.0
+        self._trying = False
+        self._tried = asyncio.Event()
+        self.up = False  # the last attempt succeeded
         self.attempts = 0
 
     @property
@@ -75,24 +77,37 @@ class ReconnectDelay:
         """Seconds before the next attempt may be made (0: now)."""
         return max(0.0, self._retry_at - now)
 
-    async def dial(self, connect: Callable[[], Awaitable[T]], waiting: Callable[[float], Exception]) -> T:
-        """``connect()``, unless the delay after the last failure is still
-        running: then ``waiting(seconds left)`` is raised at once. A connect
-        that raises counts as a failure."""
-        loop = asyncio.get_running_loop()
-        wait = self.wait_s(loop.time())
-        if wait > 0:
-            raise waiting(wait)
-        try:
-            connection = await connect()
-        except Exception:
-            self.attempted(loop.time(), ok=False)
-            raise
-        self.attempted(loop.time(), ok=True)
-        return connection
+    async def admit(self, clock: Callable[[], float]) -> tuple[bool, str | None]:
+        """While not up: (True, None) for the request that tries now (call
+        ``tried`` when it is over); (False, None) once another's try
+        succeeded; (False, why) when it may not go."""
+        while not self.up:
+            wait = self.wait_s(clock())
+            if wait > 0:
+                return False, f"next attempt in {wait:.1f} s"
+            if not self._trying:
+                self._trying = True
+                self._tried.clear()
+                return True, None
+            if self.failing:
+                return False, "reconnecting"
+            await self._tried.wait()
+        return False, None
+
+    def tried(self) -> None:
+        """The request that tried is over, whatever came of it."""
+        self._trying = False
+        self._tried.set()
+
+    def dial_failed(self, now: float) -> None:
+        """A connection attempt failed. The requests that waited on the same
+        attempt fail with it: one failure, not one per request."""
+        if self.wait_s(now) == 0:
+            self.attempted(now, ok=False)
 
     def attempted(self, now: float, ok: bool) -> None:
         self.attempts += 1
+        self.up = ok
         if ok:
             self._failures = 0
             self._retry_at = 0.0

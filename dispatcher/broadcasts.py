@@ -115,10 +115,9 @@ class BroadcastCache:
     async def get(self, id_: str) -> Broadcast | None:
         now = time.monotonic()
         entry = self._entries.get(id_)
-        if entry is not None and now - entry[0] <= self._ttl_s and entry[1].done() \
-                and entry[1].exception() is None:
-            return entry[1].result()  # the common case: no await, no shield
         if entry is None or now - entry[0] > self._ttl_s or (entry[1].done() and entry[1].exception()):
             entry = (now, asyncio.ensure_future(self._broadcasts.get(id_)))
             self._entries[id_] = entry
+        if entry[1].done():
+            return entry[1].result()  # the common case: no await, no shield
         return await asyncio.shield(entry[1])

@@ -103,7 +103,6 @@ class Origin:
         names the setting a bad CA or identity comes from."""
         self.origin = origin.rstrip("/")
         self.reconnect = ReconnectDelay()
-        self._trying = False  # a request is trying the gateway again after a failed dial
         self.slots = Slots(in_flight)
         ca = None
         if ca_path is not None:
@@ -157,16 +156,10 @@ class Origin:
     async def _post(self, url: str, headers: dict[str, str], body: bytes) -> Answer:
         for attempt in range(1, ATTEMPTS + 1):
             trial = False
-            if self.reconnect.failing:
-                # After a failed dial, one request at a time tries again once
-                # the delay is over; the rest fail at once meanwhile (with K
-                # connections each would dial otherwise).
-                wait = self.reconnect.wait_s(asyncio.get_running_loop().time())
-                if wait > 0:
-                    raise SendError(f"connection: next attempt in {wait:.1f} s", unprocessed=True)
-                if self._trying:
-                    raise SendError("connection: reconnecting", unprocessed=True)
-                self._trying = trial = True
+            if not self.reconnect.up:
+                trial, why = await self.reconnect.admit(asyncio.get_running_loop().time)
+                if why is not None:
+                    raise SendError("connection: " + why, unprocessed=True)
             try:
                 response = await next(self._next).post(url).headers(headers).body_bytes(body).build().send()
                 status = response.status
@@ -180,8 +173,8 @@ class Origin:
                 continue
             finally:
                 if trial:
-                    self._trying = False
-            if self.reconnect.failing:
+                    self.reconnect.tried()
+            if not self.reconnect.up:
                 self.reconnect.attempted(asyncio.get_running_loop().time(), ok=True)
             return Answer(status, data, response.get_header("retry-after"))
         raise AssertionError("unreachable")
@@ -189,19 +182,18 @@ class Origin:
     def _failure(self, e: PyreqwestError) -> SendError:
         causes = _causes(e)
         if isinstance(e, ConnectError) and "client error (Connect)" in causes:
-            # Dialling failed: nothing was sent. The requests that waited on
-            # the same dial fail with it: one failure, not one per request.
-            now = asyncio.get_running_loop().time()
-            if self.reconnect.wait_s(now) == 0:
-                self.reconnect.attempted(now, ok=False)
+            # Dialling failed: nothing was sent.
+            self.reconnect.dial_failed(asyncio.get_running_loop().time())
             return SendError(f"connection: {causes[-1]}", unprocessed=True)
-        # Never sent (the connection it waited for failed or closed first),
-        # or refused before the server processed it: a REFUSED_STREAM reset,
-        # or a stream above the last id of the server's GOAWAY, which h2
-        # fails with "connection error received". Otherwise the connection
-        # failed under the request, which the server may have taken.
+        # Refused before the server processed it: a REFUSED_STREAM reset, or
+        # a stream above the last id of the server's GOAWAY, which h2 fails
+        # with "connection error received"; these go again at once.
+        # Otherwise the connection failed under the request (the server may
+        # have taken it), or before it was sent ("request was canceled": it
+        # waited on a dial that failed; sent again at once, each such request
+        # would dial again).
         unprocessed = any("REFUSED_STREAM" in c or "refused stream" in c.lower() or "connection error received" in c
-                          or c == "request was canceled" for c in causes)
+                          for c in causes)
         return SendError(f"connection: {causes[-1]}", unprocessed=unprocessed)
 
     async def close(self) -> None:

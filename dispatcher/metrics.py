@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -66,22 +65,25 @@ class SendMetrics:
     """A send pipeline's children of the metrics above, bound once: a
     ``labels()`` lookup per push cost more than the increment itself."""
 
-    delivered: Any
-    dead_token: Any
-    failed: Any
-    expired_push: Any
-    cancelled: Any
-    expired: Any
-    retries: Any
-    dead_tokens: Any
-    dead_letters: Any
-    in_flight: Any
-    latency: Any
+    # dispatcher_pushes_total by verdict
+    delivered: Counter
+    dead_token: Counter
+    failed: Counter
+    expired_push: Counter
+    cancelled: Counter
+    # the other per-platform metrics
+    expired: Counter
+    retries: Counter
+    dead_tokens: Counter
+    dead_letters: Counter
+    in_flight: Gauge
+    latency: Histogram
 
     @classmethod
     def bind(cls, platform: str) -> SendMetrics:
-        pushes = {v: PUSHES.labels(platform, v) for v in ("delivered", "dead_token", "failed", "expired", "cancelled")}
-        return cls(pushes["delivered"], pushes["dead_token"], pushes["failed"], pushes["expired"],
-                   pushes["cancelled"], EXPIRED.labels(platform), RETRIES.labels(platform),
-                   DEAD_TOKENS.labels(platform), DEAD_LETTERS.labels(platform), IN_FLIGHT.labels(platform),
-                   GATEWAY_LATENCY.labels(platform))
+        def push(verdict: str) -> Counter:
+            return PUSHES.labels(platform, verdict)
+
+        return cls(push("delivered"), push("dead_token"), push("failed"), push("expired"), push("cancelled"),
+                   EXPIRED.labels(platform), RETRIES.labels(platform), DEAD_TOKENS.labels(platform),
+                   DEAD_LETTERS.labels(platform), IN_FLIGHT.labels(platform), GATEWAY_LATENCY.labels(platform))

@@ -154,9 +154,13 @@ class SendPipeline:
         self.settler.add(item)
 
     def _bury(self, task: Task, broadcast: str | None, reason: str, data: Any) -> None:
+        self.settler.add(self._dead_letter(task, broadcast, reason, data))
+
+    def _dead_letter(self, task: Task, broadcast: str | None, reason: str, data: Any) -> Item:
+        """Buries the task with ``reason``, counted as failed."""
         self.metrics.dead_letters.inc()
         self.metrics.failed.inc()
-        self.settler.add(bury(task.id, broadcast, reason, {"task_id": task.id, "task": data}))
+        return bury(task.id, broadcast, reason, {"task_id": task.id, "task": data})
 
     def _message_body(self, message: dict[str, Any]) -> bytes:
         m = Message.model_validate(message)
@@ -235,15 +239,11 @@ class SendPipeline:
         if verdict is Verdict.TEMPORARY:
             delay = self.backoff.next_delay_s(send.attempt + 1, now - send.first_attempt_at, retry_after_s)
             if delay is None:
-                self.metrics.dead_letters.inc()
-                self.metrics.failed.inc()
-                return bury(task.id, b, f"retry deadline passed: {reason}", {"task_id": task.id, "task": send.wire()})
+                return self._dead_letter(task, b, f"retry deadline passed: {reason}", send.wire())
             send.attempt += 1
             self.metrics.retries.inc()
             return self._later(task, send, b, delay, now)
-        self.metrics.dead_letters.inc()
-        self.metrics.failed.inc()
-        return bury(task.id, b, reason, {"task_id": task.id, "task": send.wire()})
+        return self._dead_letter(task, b, reason, send.wire())
 
     def _later(self, task: Task, send: SendTask, b: str | None, delay_s: float, now: float) -> Item:
         """Back to the queue for ``delay_s``; expired instead when the push

@@ -3,6 +3,7 @@ clock and a seeded rng (no Tarantool, no network)."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 
@@ -215,6 +216,33 @@ def test_reconnect_delay() -> None:
     assert delay.wait_s(now) == 0 and delay.attempts == 7
     delay.attempted(now, ok=False)  # a success starts the doubling over
     assert 0.25 <= delay.wait_s(now) <= 0.5
+
+
+async def test_reconnect_delay_lets_one_request_try_and_counts_a_dial_once() -> None:
+    delay = ReconnectDelay(base_s=0.5, cap_s=4.0, rng=random.Random(3))
+    now = [50.0]
+
+    def clock() -> float:
+        return now[0]
+
+    assert await delay.admit(clock) == (True, None), "the first request tries"
+    waiting = asyncio.create_task(delay.admit(clock))
+    await asyncio.sleep(0)
+    assert not waiting.done(), "at first the others wait for its outcome"
+    for _ in range(5):  # five requests waited on one failed dial
+        delay.dial_failed(now[0])
+    delay.tried()
+    go, why = await waiting
+    assert not go and why is not None and why.startswith("next attempt in")
+    assert delay.attempts == 1 and 0.25 <= delay.wait_s(now[0]) <= 0.5
+    now[0] += 0.5
+    assert await delay.admit(clock) == (True, None), "after the delay, one tries again"
+    assert await delay.admit(clock) == (False, "reconnecting"), "after a failure the others fail at once"
+    delay.tried()  # no outcome (a timeout): the next may try
+    assert await delay.admit(clock) == (True, None)
+    delay.attempted(now[0], ok=True)
+    delay.tried()
+    assert delay.up and await delay.admit(clock) == (False, None)
 
 
 def test_a_probe_answered_after_the_gate_resumed_is_an_ordinary_send() -> None:
