@@ -26,9 +26,9 @@ from pathlib import Path
 import aiohttp
 import uvloop
 
-from dispatcher.config import load_settings
-from dispatcher.store import Store
-from dispatcher.subscribers import Registration, Subscribers
+from dispatcher.core.config import load_settings
+from dispatcher.node.store import Store
+from dispatcher.node.subscribers import Registration, Subscribers
 
 
 async def broadcast(apis: list[str], key: str, store: Store, strategy: str, devices: int,

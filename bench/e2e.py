@@ -30,7 +30,7 @@ from pydantic import SecretStr
 
 from bench.common import cpu_seconds, free_port, thread_cpu_seconds
 from bench.senders import Fakes
-from dispatcher.config import (
+from dispatcher.core.config import (
     ApiKey,
     ApiSettings,
     AppSettings,
@@ -40,9 +40,9 @@ from dispatcher.config import (
     TarantoolSettings,
     to_toml,
 )
-from dispatcher.store import Store
-from dispatcher.subscribers import Registration, Subscribers
-from dispatcher.tarantool_process import TarantoolProcess
+from dispatcher.node.store import Store
+from dispatcher.node.subscribers import Registration, Subscribers
+from dispatcher.node.tarantool_process import TarantoolProcess
 
 KEY = "bench-admin-key-0123456789"
 

@@ -38,8 +38,8 @@ import uvloop
 from pydantic import SecretStr
 
 from bench.common import cpu_seconds, free_port
-from dispatcher.config import ApiKey, ApiSettings, DispatchSettings, NodeSettings, Settings, TarantoolSettings
-from dispatcher.errors import StoreError
+from dispatcher.core.config import ApiKey, ApiSettings, DispatchSettings, NodeSettings, Settings, TarantoolSettings
+from dispatcher.core.errors import StoreError
 from dispatcher.service import Dispatcher
 
 KEY = "bench-admin-key-0123456789"

@@ -30,10 +30,10 @@ import uvloop
 from pydantic import SecretStr
 
 from bench.common import free_port
-from dispatcher.config import ApiKey, ApiSettings, DispatchSettings, NodeSettings, Settings, TarantoolSettings
+from dispatcher.core.config import ApiKey, ApiSettings, DispatchSettings, NodeSettings, Settings, TarantoolSettings
 from dispatcher.fakes.faults import Faults
+from dispatcher.node.subscribers import Registration
 from dispatcher.service import Dispatcher
-from dispatcher.subscribers import Registration
 
 KEY = "bench-admin-key-0123456789"
 

@@ -16,8 +16,8 @@ from typing import Any
 from aioapns import APNs
 from aioapns.connection import APNsTLSClientProtocol
 
-from dispatcher.apns import SharedProviderToken
-from dispatcher.config import ApnsSettings
+from dispatcher.core.config import ApnsSettings
+from dispatcher.gateways.apns import SharedProviderToken
 
 
 def bare_aioapns(settings: ApnsSettings) -> APNs:

@@ -25,10 +25,10 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from bench.common import cpu_seconds, free_port
-from dispatcher.config import NodeSettings, Settings, TarantoolSettings
-from dispatcher.queue import Queue, Tube
-from dispatcher.store import Store
-from dispatcher.tarantool_process import TarantoolProcess
+from dispatcher.core.config import NodeSettings, Settings, TarantoolSettings
+from dispatcher.node.queue import Queue, Tube
+from dispatcher.node.store import Store
+from dispatcher.node.tarantool_process import TarantoolProcess
 
 # A send task as the dispatcher queues it: broadcast, token, platform, attempt.
 TASKS = {

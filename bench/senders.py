@@ -37,11 +37,11 @@ import uvloop
 
 from bench.common import cpu_seconds, free_port
 from bench.peers import CurlApns, bare_aioapns
-from dispatcher.apns import ApnsSender
-from dispatcher.config import ApnsSettings, FcmSettings
+from dispatcher.core.config import ApnsSettings, FcmSettings
 from dispatcher.fakes.credentials import FakeCredentials
-from dispatcher.fcm import FcmSender
-from dispatcher.push import Push, encode
+from dispatcher.gateways.apns import ApnsSender
+from dispatcher.gateways.fcm import FcmSender
+from dispatcher.gateways.push import Push, encode
 
 APNS_PAYLOAD = {"aps": {"alert": {"title": "Breaking news", "body": "Something happened somewhere"}}}
 FCM_PAYLOAD = {"notification": {"title": "Breaking news", "body": "Something happened somewhere"},

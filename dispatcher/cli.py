@@ -17,12 +17,12 @@ import uvloop
 from pydantic import ValidationError
 
 from dispatcher.api import curl_example
-from dispatcher.broadcasts import shown_state
 from dispatcher.cluster_up import cluster_up
-from dispatcher.config import CONFIG_ENV, Settings, load_settings
-from dispatcher.errors import ConfigError, DispatcherError
+from dispatcher.core.config import CONFIG_ENV, Settings, load_settings
+from dispatcher.core.errors import ConfigError, DispatcherError
 from dispatcher.fakes.faults import Faults
 from dispatcher.fakes.gateways import FakeGateways
+from dispatcher.node.broadcasts import shown_state
 from dispatcher.preflight import refusals, warnings
 from dispatcher.secrets_dir import make_secrets
 from dispatcher.service import Dispatcher

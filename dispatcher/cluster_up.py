@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from dispatcher.api import curl_example
-from dispatcher.config import (
+from dispatcher.core.config import (
     ApiKey,
     ApiSettings,
     ClusterNode,
@@ -26,12 +26,12 @@ from dispatcher.config import (
     TarantoolSettings,
     to_toml,
 )
-from dispatcher.errors import DispatcherError
+from dispatcher.core.errors import DispatcherError
+from dispatcher.core.files import open_private, private_dir, write_private
 from dispatcher.fakes.gateways import FakeGateways
-from dispatcher.files import open_private, private_dir, write_private
+from dispatcher.node.store import Store
+from dispatcher.node.subscribers import Subscribers
 from dispatcher.service import fake_apps, seed_demo_devices
-from dispatcher.store import Store
-from dispatcher.subscribers import Subscribers
 
 UP_MARK = " is up"
 

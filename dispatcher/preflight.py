@@ -12,7 +12,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from dispatcher.config import DEV_PASSWORD, AppSettings, Settings, is_loopback
+from dispatcher.core.config import DEV_PASSWORD, AppSettings, Settings, is_loopback
 
 
 def refusals(settings: Settings) -> list[str]:

@@ -9,7 +9,7 @@ import json
 import secrets
 from pathlib import Path
 
-from dispatcher.files import private_dir, write_private
+from dispatcher.core.files import private_dir, write_private
 
 
 def _api_keys() -> str:

@@ -13,20 +13,20 @@ from typing import Any
 from aiohttp import web
 
 from dispatcher.api import Api
-from dispatcher.apps import Apps
-from dispatcher.backoff import Backoff
-from dispatcher.broadcasts import Broadcasts
-from dispatcher.config import AppSettings, Settings
-from dispatcher.errors import ConfigError
+from dispatcher.core.backoff import Backoff
+from dispatcher.core.config import AppSettings, Settings
+from dispatcher.core.errors import ConfigError
 from dispatcher.fakes.gateways import FakeGateways
-from dispatcher.fanout import FanoutWorker
-from dispatcher.peers import Peers
+from dispatcher.node.broadcasts import Broadcasts
+from dispatcher.node.queue import Queue
+from dispatcher.node.store import Store
+from dispatcher.node.subscribers import Registration, Subscribers
+from dispatcher.node.tarantool_process import TarantoolProcess
 from dispatcher.preflight import refusals
-from dispatcher.queue import Queue
-from dispatcher.store import Store
-from dispatcher.subscribers import Registration, Subscribers
-from dispatcher.tarantool_process import TarantoolProcess
-from dispatcher.workers import SendPipeline
+from dispatcher.work.apps import Apps
+from dispatcher.work.fanout import FanoutWorker
+from dispatcher.work.peers import Peers
+from dispatcher.work.send import SendPipeline
 
 log = logging.getLogger(__name__)
 

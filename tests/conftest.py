@@ -12,13 +12,13 @@ import pytest
 from pydantic import SecretStr
 
 from dispatcher.cluster_up import free_port
-from dispatcher.config import ApnsSettings, FcmSettings, NodeSettings, Settings, TarantoolSettings
+from dispatcher.core.config import ApnsSettings, FcmSettings, NodeSettings, Settings, TarantoolSettings
 from dispatcher.fakes.gateways import FakeGateways
-from dispatcher.queue import Queue
+from dispatcher.node.queue import Queue
+from dispatcher.node.store import Store
+from dispatcher.node.subscribers import Subscribers
+from dispatcher.node.tarantool_process import TarantoolProcess
 from dispatcher.service import Dispatcher
-from dispatcher.store import Store
-from dispatcher.subscribers import Subscribers
-from dispatcher.tarantool_process import TarantoolProcess
 
 if TYPE_CHECKING:
     from tests.e2e import Client

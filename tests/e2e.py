@@ -12,9 +12,9 @@ from typing import Any
 
 import aiohttp
 
-from dispatcher.config import ApiKey, ApiSettings, DispatchSettings, Settings
+from dispatcher.core.config import ApiKey, ApiSettings, DispatchSettings, Settings
+from dispatcher.node.subscribers import Registration
 from dispatcher.service import Dispatcher
-from dispatcher.subscribers import Registration
 from tests.conftest import apns_token, fcm_token, node_settings
 
 ADMIN = "admin-key-0123456789abcdef"

@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 
 from dispatcher.fakes.faults import Faults
+from dispatcher.node.subscribers import Registration
 from dispatcher.service import Dispatcher
-from dispatcher.subscribers import Registration
 from tests.conftest import apns_token, fcm_token
 from tests.e2e import ADMIN, BACKEND, Client, settings_for
 

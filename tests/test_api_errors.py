@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 
 from dispatcher.api.problems import for_exception
-from dispatcher.errors import NodeMisconfigured, NodeUnavailable, StoreFailed, StoreRejected
+from dispatcher.core.errors import NodeMisconfigured, NodeUnavailable, StoreFailed, StoreRejected
+from dispatcher.node.store import Store
 from dispatcher.service import Dispatcher
-from dispatcher.store import Store
 from tests.admin import console
 from tests.conftest import apns_token
 from tests.e2e import BACKEND, Client, settings_for, start_broadcast

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from dispatcher.config import AppSettings, FcmSettings
+from dispatcher.core.config import AppSettings, FcmSettings
 from dispatcher.service import Dispatcher
 from tests.conftest import apns_token, fcm_token
 from tests.e2e import ADMIN, BACKEND, MESSAGE, Client, settings_for

@@ -28,8 +28,8 @@ import schemathesis
 from pydantic import ValidationError
 
 from dispatcher.api.models import APNS_TOKEN, SEND_AT_FUTURE_S
-from dispatcher.config import ApiKey
-from dispatcher.messages import Message
+from dispatcher.core.config import ApiKey
+from dispatcher.gateways.messages import Message
 from dispatcher.service import Dispatcher
 from tests.e2e import settings_for
 

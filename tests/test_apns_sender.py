@@ -11,14 +11,14 @@ from pathlib import Path
 import jwt
 import pytest
 
-from dispatcher.apns import ApnsSender
-from dispatcher.config import ApnsSettings
-from dispatcher.errors import ConfigError
+from dispatcher.core.config import ApnsSettings
+from dispatcher.core.errors import ConfigError
 from dispatcher.fakes.apns import REASON_STATUS
 from dispatcher.fakes.faults import Faults
 from dispatcher.fakes.gateways import FakeGateways
-from dispatcher.push import Push, Verdict, encode
-from dispatcher.verdicts import APNS
+from dispatcher.gateways.apns import ApnsSender
+from dispatcher.gateways.push import Push, Verdict, encode
+from dispatcher.gateways.verdicts import APNS
 from tests.conftest import apns_settings_for, apns_token
 
 ALERT = {"aps": {"alert": {"title": "Breaking", "body": "News"}}}

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.apps import Apps
-from dispatcher.backoff import Backoff
-from dispatcher.config import AppSettings, DispatchSettings
-from dispatcher.errors import ConfigError
+from dispatcher.core.backoff import Backoff
+from dispatcher.core.config import AppSettings, DispatchSettings
+from dispatcher.core.errors import ConfigError
 from dispatcher.fakes.credentials import FakeCredentials, make_credentials
+from dispatcher.work.apps import Apps
 
 Build = Callable[[dict[str, AppSettings]], Apps]
 

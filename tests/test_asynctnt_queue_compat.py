@@ -11,8 +11,8 @@ import asynctnt_queue
 import pytest
 from asynctnt_queue.task import Status
 
-from dispatcher.config import Settings
-from dispatcher.tarantool_process import TarantoolProcess
+from dispatcher.core.config import Settings
+from dispatcher.node.tarantool_process import TarantoolProcess
 
 
 @pytest.fixture

@@ -18,11 +18,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from dispatcher.broadcasts import fanned_out
 from dispatcher.cluster_up import NodeProcess, cluster_settings
 from dispatcher.fakes.gateways import FakeGateways
-from dispatcher.store import Store
-from dispatcher.subscribers import Registration, Subscribers
+from dispatcher.node.broadcasts import fanned_out
+from dispatcher.node.store import Store
+from dispatcher.node.subscribers import Registration, Subscribers
 from tests.conftest import apns_token, fcm_token
 
 DEVICES = 100_000

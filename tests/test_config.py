@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.config import load_settings
-from dispatcher.errors import ConfigError
+from dispatcher.core.config import load_settings
+from dispatcher.core.errors import ConfigError
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +82,7 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_to_toml_round_trip(tmp_path: Path) -> None:
     from pydantic import SecretStr
 
-    from dispatcher.config import (
+    from dispatcher.core.config import (
         ApiKey,
         ApiSettings,
         ApnsSettings,

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import aiohttp
 
-from dispatcher.config import ApiKey, ApiSettings, AppSettings, DispatchSettings, to_toml
+from dispatcher.core.config import ApiKey, ApiSettings, AppSettings, DispatchSettings, to_toml
 from dispatcher.fakes.faults import Faults
 from dispatcher.fakes.gateways import FakeGateways
-from dispatcher.fanout import local_delay_s
+from dispatcher.node.store import Store
+from dispatcher.node.subscribers import Registration, Subscribers
+from dispatcher.node.tarantool_process import TarantoolProcess
 from dispatcher.service import Dispatcher
-from dispatcher.store import Store
-from dispatcher.subscribers import Registration, Subscribers
-from dispatcher.tarantool_process import TarantoolProcess
+from dispatcher.work.fanout import local_delay_s
 from tests.admin import console
 from tests.conftest import apns_token, fcm_token, free_port, node_settings
 from tests.test_e2e import ADMIN, Client, start_broadcast, wait_done

@@ -19,16 +19,16 @@ import jwt
 import pytest
 from pydantic import ValidationError
 
-from dispatcher.apns import ApnsSender
-from dispatcher.config import ApnsSettings, FcmSettings
+from dispatcher.core.config import ApnsSettings, FcmSettings
 from dispatcher.fakes.apns import REASON_STATUS
 from dispatcher.fakes.credentials import FCM_PROJECTS
 from dispatcher.fakes.faults import Faults, FaultState
 from dispatcher.fakes.fcm import ERROR_CODES, FCM_ERROR
 from dispatcher.fakes.gateways import FakeGateways
-from dispatcher.fcm import FcmSender
-from dispatcher.http2 import Answer
-from dispatcher.push import Outcome, Push, Verdict, encode
+from dispatcher.gateways.apns import ApnsSender
+from dispatcher.gateways.fcm import FcmSender
+from dispatcher.gateways.http2 import Answer
+from dispatcher.gateways.push import Outcome, Push, Verdict, encode
 from tests.conftest import apns_settings_for, apns_token, fcm_settings_for, fcm_token, free_port
 
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 
-from dispatcher.broadcasts import Broadcasts
-from dispatcher.config import ClusterNode, ClusterSettings, Settings
-from dispatcher.fanout import FanoutWorker
-from dispatcher.peers import Peers
-from dispatcher.queue import Queue
-from dispatcher.store import Store
+from dispatcher.core.config import ClusterNode, ClusterSettings, Settings
+from dispatcher.node.broadcasts import Broadcasts
+from dispatcher.node.queue import Queue
+from dispatcher.node.store import Store
+from dispatcher.work.fanout import FanoutWorker
+from dispatcher.work.peers import Peers
 
 SPEC = {"message": {"title": "t", "body": "b"}, "audience": {"app": "news"}, "ttl_s": 60, "strategy": "baton"}
 

@@ -12,9 +12,9 @@ import pytest
 from dispatcher.fakes.faults import Faults
 from dispatcher.fakes.fcm import ERROR_CODES
 from dispatcher.fakes.gateways import FakeGateways
-from dispatcher.fcm import FcmSender
-from dispatcher.push import Push, Verdict, encode
-from dispatcher.verdicts import FCM, FCM_QUOTA_MIN_DELAY_S
+from dispatcher.gateways.fcm import FcmSender
+from dispatcher.gateways.push import Push, Verdict, encode
+from dispatcher.gateways.verdicts import FCM, FCM_QUOTA_MIN_DELAY_S
 from tests.conftest import fcm_settings_for, fcm_token
 
 MESSAGE = {"notification": {"title": "Leo", "body": "A good day"}, "data": {"story": "42"}}

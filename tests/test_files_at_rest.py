@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from dispatcher.cluster_up import NodeProcess
-from dispatcher.config import Settings
+from dispatcher.core.config import Settings
 from dispatcher.fakes.gateways import FakeGateways
+from dispatcher.node.tarantool_process import TarantoolProcess
 from dispatcher.service import Dispatcher
-from dispatcher.tarantool_process import TarantoolProcess
 from tests.admin import console
 from tests.conftest import node_settings
 

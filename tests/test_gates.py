@@ -9,10 +9,10 @@ import random
 
 import pytest
 
-from dispatcher import metrics
-from dispatcher.backoff import Backoff, ReconnectDelay
-from dispatcher.gates import Gate, RemovalGuard
-from dispatcher.push import Verdict
+from dispatcher.core import metrics
+from dispatcher.core.backoff import Backoff, ReconnectDelay
+from dispatcher.gateways.push import Verdict
+from dispatcher.work.gates import Gate, RemovalGuard
 
 JITTER = 0.2  # Backoff.jittered: give or take a fifth
 _apps = itertools.count()

@@ -7,11 +7,11 @@ import random
 
 import pytest
 
-from dispatcher.backoff import Backoff
+from dispatcher.core.backoff import Backoff
 from dispatcher.fakes.apns import REASON_STATUS
-from dispatcher.http2 import Slots
-from dispatcher.push import Verdict
-from dispatcher.verdicts import APNS, apns_outcome, fcm_outcome, retry_after
+from dispatcher.gateways.http2 import Slots
+from dispatcher.gateways.push import Verdict
+from dispatcher.gateways.verdicts import APNS, apns_outcome, fcm_outcome, retry_after
 
 
 def test_apns_table_covers_every_documented_reason() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from dispatcher.config import ApiKey, ApiSettings, AppSettings, NodeSettings, load_settings
-from dispatcher.errors import ConfigError
+from dispatcher.core.config import ApiKey, ApiSettings, AppSettings, NodeSettings, load_settings
+from dispatcher.core.errors import ConfigError
 from dispatcher.fakes.gateways import FakeGateways
 from dispatcher.preflight import refusals
 from dispatcher.service import Dispatcher

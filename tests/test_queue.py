@@ -10,11 +10,11 @@ import asynctnt
 import pytest
 from asynctnt.exceptions import TarantoolDatabaseError
 
-from dispatcher.config import Settings
-from dispatcher.errors import NodeUnavailable, StoreRejected
-from dispatcher.queue import BURIED, DELAYED, DONE, READY, TAKEN, Queue
-from dispatcher.store import Store
-from dispatcher.tarantool_process import TarantoolProcess
+from dispatcher.core.config import Settings
+from dispatcher.core.errors import NodeUnavailable, StoreRejected
+from dispatcher.node.queue import BURIED, DELAYED, DONE, READY, TAKEN, Queue
+from dispatcher.node.store import Store
+from dispatcher.node.tarantool_process import TarantoolProcess
 from tests.admin import console
 
 

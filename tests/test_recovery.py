@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
-from dispatcher.config import Settings
-from dispatcher.errors import NodeUnavailable
-from dispatcher.queue import Queue
-from dispatcher.store import Store
-from dispatcher.subscribers import Registration, Subscribers
-from dispatcher.tarantool_process import TarantoolProcess
+from dispatcher.core.config import Settings
+from dispatcher.core.errors import NodeUnavailable
+from dispatcher.node.queue import Queue
+from dispatcher.node.store import Store
+from dispatcher.node.subscribers import Registration, Subscribers
+from dispatcher.node.tarantool_process import TarantoolProcess
 
 
 async def test_kill_9_and_restart_keeps_every_task(settings: Settings, tarantool: TarantoolProcess) -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from dispatcher.config import Settings
-from dispatcher.store import SCHEMA_VERSION, Store
-from dispatcher.subscribers import Registration, Subscribers
-from dispatcher.tarantool_process import TarantoolProcess
+from dispatcher.core.config import Settings
+from dispatcher.node.store import SCHEMA_VERSION, Store
+from dispatcher.node.subscribers import Registration, Subscribers
+from dispatcher.node.tarantool_process import TarantoolProcess
 from tests.admin import console
 from tests.conftest import free_port, node_settings
 
@@ -131,8 +131,8 @@ async def test_a_node_restarts_while_its_peers_are_down(tmp_path: Path) -> None:
 
 
 async def test_peer_links_know_who_is_alive(cluster: list[TarantoolProcess]) -> None:
-    from dispatcher.config import ClusterNode, ClusterSettings
-    from dispatcher.peers import Peers
+    from dispatcher.core.config import ClusterNode, ClusterSettings
+    from dispatcher.work.peers import Peers
 
     nodes = [ClusterNode(name=n.settings.node.name, tarantool=n.settings.tarantool.address,
                          http=f"127.0.0.1:{free_port()}") for n in cluster]

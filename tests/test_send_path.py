@@ -15,12 +15,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from dispatcher import metrics
-from dispatcher.config import ApnsSettings, AppSettings, FcmSettings
-from dispatcher.errors import ConfigError
+from dispatcher.core import metrics
+from dispatcher.core.config import ApnsSettings, AppSettings, FcmSettings
+from dispatcher.core.errors import ConfigError
 from dispatcher.fakes.faults import Faults
+from dispatcher.node.subscribers import Registration
 from dispatcher.service import Dispatcher
-from dispatcher.subscribers import Registration
 from tests.admin import console
 from tests.conftest import apns_token, fcm_token
 from tests.e2e import MESSAGE, Client, register, running, settings_for, start_broadcast, wait_done

@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from dispatcher import metrics
+from dispatcher.core import metrics
 from dispatcher.fakes.faults import Faults
 from dispatcher.service import Dispatcher
 from tests.admin import console

@@ -12,10 +12,10 @@ import pytest
 from asynctnt.exceptions import ErrorCode
 from pydantic import SecretStr
 
-from dispatcher.config import Settings, TarantoolSettings
-from dispatcher.errors import ConfigError, NodeMisconfigured, NodeUnavailable, StoreFailed, StoreRejected
-from dispatcher.store import Store
-from dispatcher.tarantool_process import TarantoolProcess
+from dispatcher.core.config import Settings, TarantoolSettings
+from dispatcher.core.errors import ConfigError, NodeMisconfigured, NodeUnavailable, StoreFailed, StoreRejected
+from dispatcher.node.store import Store
+from dispatcher.node.tarantool_process import TarantoolProcess
 from tests.admin import console
 from tests.conftest import free_port, node_settings
 

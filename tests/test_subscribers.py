@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dispatcher.errors import StoreRejected
-from dispatcher.subscribers import Audience, Cursor, Registration, Subscriber, Subscribers
+from dispatcher.core.errors import StoreRejected
+from dispatcher.node.subscribers import Audience, Cursor, Registration, Subscriber, Subscribers
 
 
 async def test_register_update_read_remove(subscribers: Subscribers) -> None:

@@ -17,8 +17,8 @@ import pytest
 from asynctnt.exceptions import ErrorCode, TarantoolDatabaseError
 from pydantic import SecretStr
 
-from dispatcher.config import DEV_PASSWORD, Settings
-from dispatcher.tarantool_process import TarantoolProcess, lua_dir
+from dispatcher.core.config import DEV_PASSWORD, Settings
+from dispatcher.node.tarantool_process import TarantoolProcess, lua_dir
 from tests.admin import console
 from tests.conftest import free_port, node_settings
 

@@ -3,8 +3,8 @@ also after a kill -9 and a restart (installed from box.ctl.on_schema_init)."""
 
 from __future__ import annotations
 
-from dispatcher.config import Settings
-from dispatcher.tarantool_process import TarantoolProcess
+from dispatcher.core.config import Settings
+from dispatcher.node.tarantool_process import TarantoolProcess
 from tests.admin import console
 
 

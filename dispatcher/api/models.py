@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from dispatcher.messages import Message
+from dispatcher.gateways.messages import Message
 
 Platform = Literal["ios", "android"]
 PLATFORMS: tuple[Platform, ...] = ("ios", "android")

@@ -14,7 +14,7 @@ from pydantic.json_schema import models_json_schema
 from dispatcher.api.inputs import MAX_BODY_BYTES, MAX_DEPTH, MAX_INT_DIGITS
 from dispatcher.api.models import AudienceIn, DeviceIn
 from dispatcher.api.routes import Route, answers
-from dispatcher.messages import RESERVED_DATA_KEYS, Message
+from dispatcher.gateways.messages import RESERVED_DATA_KEYS, Message
 
 REF = "#/components/schemas/{model}"
 RESPONSE_HEADERS = {

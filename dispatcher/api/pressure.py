@@ -19,8 +19,8 @@ import asyncio
 import time
 
 from dispatcher.api.problems import ApiError
-from dispatcher.store import Store
-from dispatcher.tasks import SendBacklog
+from dispatcher.node.store import Store
+from dispatcher.node.tasks import SendBacklog
 
 MEMORY_MAX_AGE_S = 0.1
 # What a stored row costs beyond its fields (tuple header, index entries).

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from dispatcher.errors import NodeUnavailable, StoreFailed, StoreRejected
+from dispatcher.core.errors import NodeUnavailable, StoreFailed, StoreRejected
 
 log = logging.getLogger("dispatcher.api")
 

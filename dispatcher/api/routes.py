@@ -22,7 +22,6 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from dispatcher import metrics
 from dispatcher.api import docs
 from dispatcher.api.auth import Keys
 from dispatcher.api.guard import ConnectionGuard, GuardedSite
@@ -47,13 +46,14 @@ from dispatcher.api.models import (
 )
 from dispatcher.api.pressure import ROW_OVERHEAD_BYTES, Pressure
 from dispatcher.api.problems import ApiError, for_exception, invalid
-from dispatcher.broadcasts import COUNTERS, SETTLED, Broadcast, Broadcasts, broadcast_id, shown_state
-from dispatcher.config import ApiSettings
-from dispatcher.errors import StoreError
-from dispatcher.peers import Peers
-from dispatcher.queue import Queue
-from dispatcher.subscribers import Registration, Subscriber, Subscribers
-from dispatcher.tasks import SendBacklog, SendTask
+from dispatcher.core import metrics
+from dispatcher.core.config import ApiSettings
+from dispatcher.core.errors import StoreError
+from dispatcher.node.broadcasts import COUNTERS, SETTLED, Broadcast, Broadcasts, broadcast_id, shown_state
+from dispatcher.node.queue import Queue
+from dispatcher.node.subscribers import Registration, Subscriber, Subscribers
+from dispatcher.node.tasks import SendBacklog, SendTask
+from dispatcher.work.peers import Peers
 
 log = logging.getLogger("dispatcher.api")
 

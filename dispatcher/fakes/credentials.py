@@ -18,8 +18,8 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from dispatcher.config import ApnsSettings, FcmSettings
-from dispatcher.files import private_dir, write_private
+from dispatcher.core.config import ApnsSettings, FcmSettings
+from dispatcher.core.files import private_dir, write_private
 
 _ID_CHARS = string.ascii_uppercase + string.digits
 # The fake FCM's projects, one per demo app. The first is the one callers

@@ -6,7 +6,7 @@ local fio = require('fio')
 
 local M = {}
 
--- DEV_PASSWORD and MIN_SECRET_CHARS in dispatcher/config.py: the built-in
+-- DEV_PASSWORD and MIN_SECRET_CHARS in dispatcher/core/config.py: the built-in
 -- development password is refused unless the node listens on loopback only.
 M.DEV_PASSWORD = 'dispatcher-dev-password'
 M.MIN_SECRET_CHARS = 12

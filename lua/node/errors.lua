@@ -1,7 +1,7 @@
 -- Our error codes: a stored function's deliberate refusal, as opposed to
 -- a failure of the node (Tarantool's own codes, all below 10000: out of
 -- memory, read-only, a bug in our Lua). The code travels over iproto, so
--- the dispatcher tells them apart by number (dispatcher/store.py) and the
+-- the dispatcher tells them apart by number (dispatcher/node/store.py) and the
 -- API answers a refusal with a 4xx carrying its message, a failure with a
 -- 5xx saying nothing of it. lua/queue/state.lua uses the same numbers for
 -- the same meanings (it stays standalone, so it defines its own).

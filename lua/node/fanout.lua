@@ -18,7 +18,7 @@
 -- the fan-out is over when `fanout_done` reaches `fanout_total`. A baton page adds 1 to
 -- fanout_done, and the last page adds the number of pages to fanout_total.
 -- A cascade's root adds its weight (FANOUT_WEIGHT in
--- dispatcher/broadcasts.py) to fanout_total, a range hands its weight to
+-- dispatcher/node/broadcasts.py) to fanout_total, a range hands its weight to
 -- its parts, and a finished slice adds its weight to fanout_done. Only
 -- finished slices add, so no order of replication shows it over early.
 local fiber = require('fiber')
@@ -121,7 +121,7 @@ function M.next_cursor(broadcast_id, after, limit)
     return false, cursor
 end
 
--- Puts send tasks for `rows` (the wire format of dispatcher/tasks.py),
+-- Puts send tasks for `rows` (the wire format of dispatcher/node/tasks.py),
 -- one put_many per (platform, delay). zone_at maps time zones to the epoch
 -- second their local_time comes, for a local_time broadcast.
 local function enqueue_rows(broadcast_id, spec, rows, zone_at)

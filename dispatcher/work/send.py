@@ -1,7 +1,7 @@
 """The send pipeline of one platform: take send tasks from its tube, keep up
 to the platform's window of pushes in flight (taking more as slots free,
 never waiting for the slowest of a batch), and settle each task only after
-its gateway's verdict, in small batches (dispatcher/settle.py).
+its gateway's verdict, in small batches (dispatcher/work/settle.py).
 
     delivered   -> ack
     dead token  -> first verdict: back to the queue, marked suspect, for
@@ -31,18 +31,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dispatcher import metrics
-from dispatcher.apps import Apps, Route
-from dispatcher.backoff import Backoff
-from dispatcher.broadcasts import BroadcastCache, Broadcasts
-from dispatcher.config import DispatchSettings
-from dispatcher.errors import StoreError
-from dispatcher.messages import Message, apns_payload, fcm_message
-from dispatcher.push import Push, Verdict, encode
-from dispatcher.queue import Task, Tube
-from dispatcher.settle import Item, Settler, ack, bury, release
-from dispatcher.store import Store
-from dispatcher.tasks import SendTask
+from dispatcher.core import metrics
+from dispatcher.core.backoff import Backoff
+from dispatcher.core.config import DispatchSettings
+from dispatcher.core.errors import StoreError
+from dispatcher.gateways.messages import Message, apns_payload, fcm_message
+from dispatcher.gateways.push import Push, Verdict, encode
+from dispatcher.node.broadcasts import BroadcastCache, Broadcasts
+from dispatcher.node.queue import Task, Tube
+from dispatcher.node.store import Store
+from dispatcher.node.tasks import SendTask
+from dispatcher.work.apps import Apps, Route
+from dispatcher.work.settle import Item, Settler, ack, bury, release
 
 log = logging.getLogger(__name__)
 

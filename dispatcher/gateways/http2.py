@@ -29,8 +29,8 @@ from pyreqwest.exceptions import (
     RequestTimeoutError,
 )
 
-from dispatcher.backoff import ReconnectDelay
-from dispatcher.errors import ConfigError
+from dispatcher.core.backoff import ReconnectDelay
+from dispatcher.core.errors import ConfigError
 
 # Seconds between pings on a busy connection, and for their answer: a
 # connection that went silent (a NAT dropped it) fails within a minute

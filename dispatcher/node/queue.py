@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from dispatcher.store import Store
+from dispatcher.node.store import Store
 
 READY, TAKEN, DONE, BURIED, DELAYED = "r", "t", "-", "!", "~"
 

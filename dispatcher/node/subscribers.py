@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dispatcher.store import Store
+from dispatcher.node.store import Store
 
 Platform = Literal["ios", "android"]
 

@@ -9,10 +9,10 @@ import hashlib
 import logging
 import time
 
-from dispatcher.config import ClusterSettings, TarantoolSettings
-from dispatcher.errors import NodeMisconfigured, StoreError
-from dispatcher.queue import Queue
-from dispatcher.store import Store
+from dispatcher.core.config import ClusterSettings, TarantoolSettings
+from dispatcher.core.errors import NodeMisconfigured, StoreError
+from dispatcher.node.queue import Queue
+from dispatcher.node.store import Store
 
 log = logging.getLogger(__name__)
 

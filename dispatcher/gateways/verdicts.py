@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dispatcher.push import Outcome, Verdict
+from dispatcher.gateways.push import Outcome, Verdict
 
 D, X, T, P, C = Verdict.DELIVERED, Verdict.DEAD_TOKEN, Verdict.TEMPORARY, Verdict.PERMANENT, Verdict.CONFIG
 

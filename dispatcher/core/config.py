@@ -23,7 +23,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from dispatcher.errors import ConfigError
+from dispatcher.core.errors import ConfigError
 
 CONFIG_ENV = "DISPATCHER_CONFIG"
 # A directory of secret files, one per setting, named as its variable

@@ -15,9 +15,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from dispatcher.config import Settings
-from dispatcher.errors import ConfigError, NodeUnavailable
-from dispatcher.files import open_private, private_dir
+from dispatcher.core.config import Settings
+from dispatcher.core.errors import ConfigError, NodeUnavailable
+from dispatcher.core.files import open_private, private_dir
 
 _READY_MARK = b" ready: listening on "
 _LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:")
@@ -26,11 +26,11 @@ _ERROR_LINE = re.compile(r" [EF!]> ")
 
 def lua_dir() -> Path:
     """lua/ as packaged into the wheel, else the source checkout's."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "lua", here.parent / "lua"):
+    package = Path(__file__).resolve().parent.parent  # dispatcher/
+    for candidate in (package / "lua", package.parent / "lua"):
         if (candidate / "init.lua").is_file():
             return candidate
-    raise ConfigError(f"cannot find the node's Lua code (init.lua) near {here}")
+    raise ConfigError(f"cannot find the node's Lua code (init.lua) near {package}")
 
 
 def node_environment(settings: Settings) -> dict[str, str]:

@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dispatcher import metrics
-from dispatcher.errors import StoreError, StoreRejected
-from dispatcher.store import Store
+from dispatcher.core import metrics
+from dispatcher.core.errors import StoreError, StoreRejected
+from dispatcher.node.store import Store
 
 log = logging.getLogger(__name__)
 

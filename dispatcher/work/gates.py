@@ -23,9 +23,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Literal
 
-from dispatcher import metrics
-from dispatcher.backoff import Backoff
-from dispatcher.push import Verdict
+from dispatcher.core import metrics
+from dispatcher.core.backoff import Backoff
+from dispatcher.gateways.push import Verdict
 
 log = logging.getLogger(__name__)
 

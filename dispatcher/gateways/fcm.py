@@ -1,4 +1,4 @@
-"""FCM HTTP v1 sender: HTTP/2 through pyreqwest (dispatcher/http2.py), OAuth2
+"""FCM HTTP v1 sender: HTTP/2 through pyreqwest (dispatcher/gateways/http2.py), OAuth2
 access tokens from a service account through google-auth.
 
 google-auth's token refresh is a blocking HTTP call, so it runs in a thread,
@@ -21,11 +21,11 @@ import requests
 from google.auth.transport.requests import Request as GoogleRequest
 from google.oauth2 import service_account
 
-from dispatcher.config import FcmSettings
-from dispatcher.errors import ConfigError
-from dispatcher.http2 import Answer, Origin, SendError
-from dispatcher.push import Outcome, Push, Verdict, no_answer
-from dispatcher.verdicts import fcm_outcome, retry_after
+from dispatcher.core.config import FcmSettings
+from dispatcher.core.errors import ConfigError
+from dispatcher.gateways.http2 import Answer, Origin, SendError
+from dispatcher.gateways.push import Outcome, Push, Verdict, no_answer
+from dispatcher.gateways.verdicts import fcm_outcome, retry_after
 
 log = logging.getLogger(__name__)
 

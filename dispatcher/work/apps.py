@@ -11,13 +11,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from dispatcher.apns import ApnsSender
-from dispatcher.backoff import Backoff
-from dispatcher.config import ApnsSettings, AppSettings, DispatchSettings, FcmSettings
-from dispatcher.errors import ConfigError
-from dispatcher.fcm import FcmSender
-from dispatcher.gates import Gate, RemovalGuard
-from dispatcher.push import Outcome, Push
+from dispatcher.core.backoff import Backoff
+from dispatcher.core.config import ApnsSettings, AppSettings, DispatchSettings, FcmSettings
+from dispatcher.core.errors import ConfigError
+from dispatcher.gateways.apns import ApnsSender
+from dispatcher.gateways.fcm import FcmSender
+from dispatcher.gateways.push import Outcome, Push
+from dispatcher.work.gates import Gate, RemovalGuard
 
 log = logging.getLogger(__name__)
 

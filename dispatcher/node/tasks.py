@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from dispatcher.queue import Queue
+from dispatcher.node.queue import Queue
 
 Platform = Literal["ios", "android"]
 _ARRAYS = (list, tuple)

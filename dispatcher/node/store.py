@@ -21,8 +21,8 @@ from asynctnt.exceptions import (
     TarantoolNetworkError,
 )
 
-from dispatcher.config import TarantoolSettings
-from dispatcher.errors import NodeMisconfigured, NodeUnavailable, StoreFailed, StoreRejected
+from dispatcher.core.config import TarantoolSettings
+from dispatcher.core.errors import NodeMisconfigured, NodeUnavailable, StoreFailed, StoreRejected
 
 log = logging.getLogger(__name__)
 

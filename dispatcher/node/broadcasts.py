@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dispatcher.store import Store
+from dispatcher.node.store import Store
 
 # Progress counters, summed over nodes.
 COUNTERS = ("targeted", "enqueued", "delivered", "dead_tokens", "failed", "expired", "cancelled", "retries")

@@ -37,13 +37,14 @@ from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from dispatcher import metrics, settle
-from dispatcher.backoff import Backoff
-from dispatcher.broadcasts import Broadcast, Broadcasts, fanned_out
-from dispatcher.errors import StoreError
-from dispatcher.peers import Peers
-from dispatcher.queue import Queue, Task
-from dispatcher.tasks import SendBacklog
+from dispatcher.core import metrics
+from dispatcher.core.backoff import Backoff
+from dispatcher.core.errors import StoreError
+from dispatcher.node.broadcasts import Broadcast, Broadcasts, fanned_out
+from dispatcher.node.queue import Queue, Task
+from dispatcher.node.tasks import SendBacklog
+from dispatcher.work import settle
+from dispatcher.work.peers import Peers
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""APNs sender: HTTP/2 through pyreqwest (dispatcher/http2.py), token auth
+"""APNs sender: HTTP/2 through pyreqwest (dispatcher/gateways/http2.py), token auth
 with one provider token shared by every connection, or a client
 certificate.
 
@@ -22,11 +22,11 @@ import jwt
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from dispatcher.config import ApnsSettings
-from dispatcher.errors import ConfigError
-from dispatcher.http2 import Origin, SendError
-from dispatcher.push import Outcome, Push, no_answer
-from dispatcher.verdicts import apns_outcome
+from dispatcher.core.config import ApnsSettings
+from dispatcher.core.errors import ConfigError
+from dispatcher.gateways.http2 import Origin, SendError
+from dispatcher.gateways.push import Outcome, Push, no_answer
+from dispatcher.gateways.verdicts import apns_outcome
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""What every layer uses: settings, errors, metrics, backoff, private files."""
