@@ -27,8 +27,9 @@ import aiohttp
 import uvloop
 
 from dispatcher.core.config import load_settings
+from dispatcher.node.contract import Broadcasts, Status, Subscribers
+from dispatcher.node.records import Registration
 from dispatcher.node.store import Store
-from dispatcher.node.subscribers import Registration, Subscribers
 
 
 async def broadcast(apis: list[str], key: str, store: Store, strategy: str, devices: int,
@@ -52,7 +53,7 @@ async def broadcast(apis: list[str], key: str, store: Store, strategy: str, devi
             if p["delivered"] + p["dead_tokens"] + p["failed"] >= devices:
                 delivered_s = time.monotonic() - started
                 break
-    per_node = (await store.call("node.progress", (created["id"],)))[1]
+    per_node = await Broadcasts(store).progress_by_node(created["id"])
     return strategy, enqueued_s, delivered_s, per_node
 
 
@@ -95,7 +96,7 @@ async def main() -> None:
                         break
                     await asyncio.sleep(0.2)
             replicated_s = time.monotonic() - started
-            memory = [(await s.call("node.memory"))[0] for s in stores]
+            memory = [await Status(s).memory() for s in stores]
             strategies = ("baton", "cascade") if args.strategy == "both" else (args.strategy,)
             results = [await broadcast(apis, key, stores[0], strategy, args.devices, args.wait_delivery)
                        for strategy in strategies]

@@ -40,8 +40,9 @@ from dispatcher.core.config import (
     TarantoolSettings,
     to_toml,
 )
+from dispatcher.node.contract import Subscribers
+from dispatcher.node.records import Registration
 from dispatcher.node.store import Store
-from dispatcher.node.subscribers import Registration, Subscribers
 from dispatcher.node.tarantool_process import TarantoolProcess
 
 KEY = "bench-admin-key-0123456789"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 import json
 import logging
 import os
@@ -22,7 +23,6 @@ from dispatcher.core.config import CONFIG_ENV, Settings, load_settings
 from dispatcher.core.errors import ConfigError, DispatcherError
 from dispatcher.fakes.faults import Faults
 from dispatcher.fakes.gateways import FakeGateways
-from dispatcher.node.broadcasts import shown_state
 from dispatcher.preflight import refusals, warnings
 from dispatcher.secrets_dir import make_secrets
 from dispatcher.service import Dispatcher
@@ -127,10 +127,10 @@ async def _show_progress(node: Dispatcher, stop: asyncio.Event) -> None:
         try:
             for b in await node.broadcasts.list(5):
                 p = await node.broadcasts.progress(b.id)
-                state = shown_state(b, p)
-                now = (state, p["delivered"] + p["dead_tokens"] + p["failed"] + p["expired"])
-                if last.get(b.id) != now and (b.state == "running" or b.id in last):
-                    print(f"broadcast {b.id} [{state}]: {p['delivered']} delivered of {p['targeted']} targeted, "
+                now = (b.state, p["delivered"] + p["dead_tokens"] + p["failed"] + p["expired"])
+                recent = b.finished is None or time.time() - b.finished < 60
+                if last.get(b.id) != now and b.state != "scheduled" and (recent or b.id in last):
+                    print(f"broadcast {b.id} [{b.state}]: {p['delivered']} delivered of {p['targeted']} targeted, "
                           f"{p['dead_tokens']} dead tokens, {p['failed']} failed, {p['pending']} pending",
                           flush=True)
                     last[b.id] = now

@@ -29,8 +29,8 @@ from dispatcher.core.config import (
 from dispatcher.core.errors import DispatcherError
 from dispatcher.core.files import open_private, private_dir, write_private
 from dispatcher.fakes.gateways import FakeGateways
+from dispatcher.node.contract import Subscribers, connect
 from dispatcher.node.store import Store
-from dispatcher.node.subscribers import Subscribers
 from dispatcher.service import fake_apps, seed_demo_devices
 
 UP_MARK = " is up"
@@ -141,7 +141,7 @@ async def _seed(settings: Settings) -> int:
     """Demo devices, through one node: they replicate to the others. (The
     nodes are no demo nodes: they send to the fakes as to real gateways.)"""
     store = Store(settings.tarantool)
-    await store.connect()
+    await connect(store)
     try:
         return await seed_demo_devices(Subscribers(store), settings.dispatch.demo_devices)
     finally:

@@ -17,10 +17,10 @@ from dispatcher.core.backoff import Backoff
 from dispatcher.core.config import AppSettings, Settings
 from dispatcher.core.errors import ConfigError
 from dispatcher.fakes.gateways import FakeGateways
-from dispatcher.node.broadcasts import Broadcasts
+from dispatcher.node.contract import Broadcasts, Subscribers, connect
 from dispatcher.node.queue import Queue
+from dispatcher.node.records import Registration
 from dispatcher.node.store import Store
-from dispatcher.node.subscribers import Registration, Subscribers
 from dispatcher.node.tarantool_process import TarantoolProcess
 from dispatcher.preflight import refusals
 from dispatcher.work.apps import Apps
@@ -66,7 +66,7 @@ class Dispatcher:
         self.apps = apps = Apps(await self._app_settings(), d, backoff)
         if self.tarantool is not None:
             await asyncio.to_thread(self.tarantool.start)
-        await self.store.connect()
+        await connect(self.store)
         if self.peers is not None:
             self.peers.start()
         workers: list[SendPipeline | FanoutWorker] = [
@@ -74,9 +74,8 @@ class Dispatcher:
                          s.tarantool.request_timeout_s)
             for platform in sorted(apps.platforms())
         ]
-        workers.append(FanoutWorker(s.node.name, self.queue, self.broadcasts, d.fanout_page, d.high_water,
-                                    self.peers, d.baton_silence_s, d.cascade_parts, backoff,
-                                    s.tarantool.request_timeout_s))
+        workers.append(FanoutWorker(s.node.name, self.store, d.fanout_page, d.high_water, self.peers,
+                                    d.baton_silence_s, d.cascade_parts))
         self._workers = [asyncio.create_task(self._supervise(w)) for w in workers]
         if s.api.keys is None:
             # Demo mode on loopback only (preflight refuses anything else).

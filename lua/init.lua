@@ -23,6 +23,7 @@ local broadcasts = require('node.broadcasts')
 local dead_letters = require('node.dead_letters')
 local dispatch = require('node.dispatch')
 local fanout = require('node.fanout')
+local send_tasks = require('node.send_tasks')
 -- Global, as tarantool/queue: clients call `queue.tube.<name>:<method>`.
 queue = require('queue')
 
@@ -110,32 +111,37 @@ elseif not schema.await(schema.LATEST, 60) then
 end
 queue.start({registry_space_id = 516})
 versioned.install_existing()
+broadcasts.start_promoter()
 
 -- The stored functions the dispatcher calls, as global `node.*`.
 node = {
-    subscriber_put = subscribers.put,
+    subscriber_put = function(...) return subscribers.to_map(subscribers.put(...)) end,
     subscriber_put_many = subscribers.put_many,
-    subscriber_get = subscribers.get,
-    subscribers_of_user = subscribers.of_user,
+    subscriber_get = function(token) return subscribers.to_map(subscribers.get(token)) end,
+    subscribers_of_user = function(user_id) return subscribers.to_maps(subscribers.of_user(user_id)) end,
     subscriber_remove = subscribers.remove,
     subscriber_remove_many = subscribers.remove_many,
-    subscribers_page = subscribers.page,
+    subscribers_page = function(after, limit, audience)
+        local rows, cursor = subscribers.page(after, limit, audience)
+        return {devices = subscribers.to_maps(rows), cursor = cursor}
+    end,
     broadcast_create = fanout.create,
     broadcast_get = broadcasts.get,
     broadcast_list = broadcasts.list,
-    broadcast_set_state = broadcasts.set_state,
-    progress = broadcasts.progress,
+    broadcast_cancel = broadcasts.cancel,
+    progress = function(id) return (broadcasts.progress(id)) end,
+    progress_by_node = function(id) return select(2, broadcasts.progress(id)) end,
     progress_many = broadcasts.progress_many,
+    push_enqueue = send_tasks.push,
     dead_letter_put_many = dead_letters.put_many,
     dead_letter_list = dead_letters.list,
     settle = dispatch.settle,
-    fanout_next_cursor = fanout.next_cursor,
-    fanout_enqueue = fanout.enqueue,
-    fanout_range_step = fanout.range_step,
-    fanout_forwarded = fanout.forwarded,
+    fanout_step = fanout.step,
+    fanout_outbox = fanout.outbox,
+    fanout_outbox_done = fanout.outbox_done,
+    fanout_accept = fanout.accept,
     fanout_orphans = fanout.orphans,
     fanout_reissue = fanout.reissue,
-    fanout_latest_page = fanout.latest_page,
     -- Memory in bytes: tuples (arena) and indexes, as SREs and benchmarks read it.
     memory = function()
         local slab = box.slab.info()

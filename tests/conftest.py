@@ -14,9 +14,9 @@ from pydantic import SecretStr
 from dispatcher.cluster_up import free_port
 from dispatcher.core.config import ApnsSettings, FcmSettings, NodeSettings, Settings, TarantoolSettings
 from dispatcher.fakes.gateways import FakeGateways
+from dispatcher.node.contract import Subscribers
 from dispatcher.node.queue import Queue
 from dispatcher.node.store import Store
-from dispatcher.node.subscribers import Subscribers
 from dispatcher.node.tarantool_process import TarantoolProcess
 from dispatcher.service import Dispatcher
 

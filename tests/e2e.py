@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 
 from dispatcher.core.config import ApiKey, ApiSettings, DispatchSettings, Settings
-from dispatcher.node.subscribers import Registration
+from dispatcher.node.records import Registration
 from dispatcher.service import Dispatcher
 from tests.conftest import apns_token, fcm_token, node_settings
 

@@ -12,7 +12,8 @@ from typing import Any
 import aiohttp
 
 from dispatcher.fakes.faults import Faults
-from dispatcher.node.subscribers import Registration
+from dispatcher.node.contract import Status
+from dispatcher.node.records import Registration
 from dispatcher.service import Dispatcher
 from tests.conftest import apns_token, fcm_token
 from tests.e2e import ADMIN, BACKEND, Client, settings_for
@@ -54,7 +55,7 @@ async def test_429_by_memory_before_any_write_fails(tmp_path: Path) -> None:
             assert set(statuses) <= {202, 429}, sorted(set(statuses))
             assert "memory" in refused[1]["error"]
             quota = 32 * 2**20
-            memory = (await d.store.call("node.memory"))[0]
+            memory = (await Status(d.store).memory())
             assert 0.3 * quota < memory["arena_used"] < 0.5 * quota, memory
             # The 429s come while the node still takes smaller writes.
             status, _ = await api.call("PUT", f"/v1/devices/{apns_token(999)}", key=BACKEND,
@@ -63,7 +64,7 @@ async def test_429_by_memory_before_any_write_fails(tmp_path: Path) -> None:
             # Past the limit (written around the API), every route that
             # writes says 429 with Retry-After ...
             task = ["m", {"message": BIG}, apns_token(1), "ios", 2e9, 0, 0, "news"]
-            while (await d.store.call("node.memory"))[0]["arena_used"] < 0.42 * quota:
+            while (await Status(d.store).memory())["arena_used"] < 0.42 * quota:
                 await d.queue.tube("ios").put_many([task] * 20)
             await asyncio.sleep(0.2)  # the API's reading is up to 0.1 s old, and these bypassed it
             async with http.post(f"{api.base}/v1/pushes", json={"user_id": "heavy", "message": {"title": "t"}},

@@ -13,6 +13,9 @@ import pytest
 from dispatcher.service import Dispatcher
 from tests.e2e import Client, register, start_broadcast, wait_done
 
+# What the send and fan-out workers call, whatever the API does.
+WORKERS = ("node.fanout_", "node.settle", "queue.tube.")
+
 
 async def test_monitoring_makes_few_store_calls(node: Dispatcher, api: Client,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
@@ -22,7 +25,8 @@ async def test_monitoring_makes_few_store_calls(node: Dispatcher, api: Client,
     real_call = node.store.call
 
     async def counted(function: str, args: Any = None) -> list[Any]:
-        calls[function] += 1
+        if not function.startswith(WORKERS):  # the workers' own calls go on meanwhile
+            calls[function] += 1
         return await real_call(function, args)
 
     monkeypatch.setattr(node.store, "call", counted)

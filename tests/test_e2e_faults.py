@@ -16,11 +16,12 @@ import aiohttp
 from dispatcher.core.config import ApiKey, ApiSettings, AppSettings, DispatchSettings, to_toml
 from dispatcher.fakes.faults import Faults
 from dispatcher.fakes.gateways import FakeGateways
+from dispatcher.node.contract import Subscribers
+from dispatcher.node.records import Registration
 from dispatcher.node.store import Store
-from dispatcher.node.subscribers import Registration, Subscribers
 from dispatcher.node.tarantool_process import TarantoolProcess
 from dispatcher.service import Dispatcher
-from dispatcher.work.fanout import local_delay_s
+from dispatcher.work.fanout import next_local_time
 from tests.admin import console
 from tests.conftest import apns_token, fcm_token, free_port, node_settings
 from tests.test_e2e import ADMIN, Client, start_broadcast, wait_done
@@ -49,10 +50,10 @@ def test_local_time_reaches_zones_in_their_order() -> None:
     now = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC).timestamp()
     expected_hours = {"America/New_York": 1, "America/Los_Angeles": 4, "Pacific/Auckland": 7,
                       "Asia/Tokyo": 11, "Europe/Paris": 19, "UTC": 20}
-    delays = {zone: local_delay_s("08:00", zone, now) for zone in expected_hours}
+    delays = {zone: next_local_time("08:00", zone, now) - now for zone in expected_hours}
     assert {zone: d / 3600 for zone, d in delays.items()} == expected_hours
     assert sorted(delays, key=delays.__getitem__) == list(expected_hours)
-    assert local_delay_s("08:00", "Not/AZone", now) == delays["UTC"], "unknown zones fall back to UTC"
+    assert next_local_time("08:00", "Not/AZone", now) - now == delays["UTC"], "unknown zones fall back to UTC"
 
 
 async def test_local_time_broadcast_delays_each_zone(node: Dispatcher) -> None:
@@ -75,7 +76,7 @@ async def test_local_time_broadcast_delays_each_zone(node: Dispatcher) -> None:
     now = time.time()
     by_token = {token: ms / 1000 for token, ms in due.items()}
     for i in range(30):
-        expected = now + local_delay_s("08:00", zones[i % 3], now)
+        expected = next_local_time("08:00", zones[i % 3], now)
         assert abs(by_token[apns_token(i)] - expected) < 5
 
 

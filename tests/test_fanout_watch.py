@@ -1,19 +1,24 @@
-"""The fan-out's watchdog on a node whose peers are down, over a real
-Tarantool: it must take over what the dead peer held and leave alone what
-it cannot judge yet (a broadcast that has not finished a page)."""
+"""The fan-out worker on a node whose peer is down, over a real Tarantool:
+the watchdog takes over what the dead peer held (one path, over holders,
+whatever the strategy), and the outbox forwards what was meant for the dead
+peer to a live node instead."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+
+import pytest
 
 from dispatcher.core.config import ClusterNode, ClusterSettings, Settings
-from dispatcher.node.broadcasts import Broadcasts
+from dispatcher.node.contract import Broadcasts, Fanout
 from dispatcher.node.queue import Queue
 from dispatcher.node.store import Store
 from dispatcher.work.fanout import FanoutWorker
 from dispatcher.work.peers import Peers
+from tests.admin import console
 
-SPEC = {"message": {"title": "t", "body": "b"}, "audience": {"app": "news"}, "ttl_s": 60, "strategy": "baton"}
+SPEC = {"message": {"title": "t", "body": "b"}, "audience": {"app": "news"}, "ttl_s": 60}
 
 
 def worker(settings: Settings, store: Store) -> FanoutWorker:
@@ -22,24 +27,39 @@ def worker(settings: Settings, store: Store) -> FanoutWorker:
     nodes = [ClusterNode(name=me, tarantool=settings.tarantool.address, http="127.0.0.1:1"),
              ClusterNode(name="node2", tarantool="127.0.0.1:9", http="127.0.0.1:2")]
     peers = Peers(ClusterSettings(nodes=nodes), me, settings.tarantool)
-    return FanoutWorker(me, Queue(store), Broadcasts(store), peers=peers, baton_silence_s=0.05)
+    return FanoutWorker(me, store, peers=peers, baton_silence_s=0.05)
 
 
-async def test_watch_takes_over_a_dead_peers_task_and_skips_a_broadcast_with_no_page(
-    settings: Settings, store: Store
-) -> None:
+@pytest.mark.parametrize("strategy", ["baton", "cascade"])
+async def test_watch_takes_over_a_dead_peers_task(settings: Settings, store: Store, strategy: str) -> None:
     w = worker(settings, store)
-    broadcasts = Broadcasts(store)
-    # A running broadcast with no page done yet, whose first task node2 holds.
-    b, _ = await broadcasts.create("watch-1", "running", SPEC, home="node2")
-    task = await Queue(store).tube("fanout").take(0)
-    assert task is not None and task.data["to"] == "node2"
-    await store.call("node.fanout_forwarded", (task.id, b.id, {"b": b.id, "after": None, "page": 0}, "node2"))
-    assert await Queue(store).tube("fanout").take(0) is None, "forwarded away: nothing left here"
+    b, _ = await Broadcasts(store).create(f"watch-{strategy}", {**SPEC, "strategy": strategy}, home="node2")
+    [waiting] = await Fanout(store).outbox(10)
+    assert waiting.to == "node2"
+    # node2 took it (its holder row, as replication would bring it), then died.
+    lua = (f"box.space.fanout_outbox:delete({waiting.id}) local h = box.space.fanout_holder:select('{b.id}')[1] "
+           "box.space.fanout_holder:update({h[1], h[2]}, {{'=', 4, 'node2'}})")
+    console(settings.node.data_dir, lua)
+    assert [o.node for o in await Fanout(store).orphans(["node2"])] == ["node2"]
+    assert await Queue(store).tube("fanout").take(0) is None, "nothing of it here"
     w.peers.down_for(0.05)  # type: ignore[union-attr]  # node2 first seen down now
     await asyncio.sleep(0.1)
-    await w._watch()  # no page marker yet: the baton check must pass over it
+    await w._watch()
     again = await Queue(store).tube("fanout").take(0)
-    assert again is not None and again.data == {"b": b.id, "after": None, "page": 0}, "node2's task is back here"
-    held = (await store.call("node.fanout_orphans", (b.id, [settings.node.name, "node2"])))[0]
-    assert [row[2] for row in held] == [settings.node.name], "and this node holds it now"
+    assert again is not None and again.data["b"] == b.id and ("range" in again.data) == (strategy == "cascade")
+    held = await Fanout(store).orphans([settings.node.name, "node2"])
+    assert [o.node for o in held] == [settings.node.name], "this node holds it now"
+
+
+async def test_the_outbox_goes_to_a_live_node_when_its_own_is_down(
+    settings: Settings, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = worker(settings, store)
+    b, _ = await Broadcasts(store).create("forward-1", SPEC, home="node2")
+    with caplog.at_level(logging.WARNING):
+        await w._forward()
+    assert await Fanout(store).outbox(10) == [], "forwarded: the outbox is empty"
+    task = await Queue(store).tube("fanout").take(0)
+    assert task is not None and task.data["b"] == b.id, "kept here, node2 being down"
+    assert "node2 does not answer" in caplog.text and "instead" in caplog.text
+    assert [o.node for o in await Fanout(store).orphans([settings.node.name])] == [settings.node.name]

@@ -7,9 +7,10 @@ import asyncio
 
 from dispatcher.core.config import Settings
 from dispatcher.core.errors import NodeUnavailable
+from dispatcher.node.contract import Subscribers
 from dispatcher.node.queue import Queue
+from dispatcher.node.records import Registration
 from dispatcher.node.store import Store
-from dispatcher.node.subscribers import Registration, Subscribers
 from dispatcher.node.tarantool_process import TarantoolProcess
 
 

@@ -11,8 +11,10 @@ import pytest
 from pydantic import SecretStr
 
 from dispatcher.core.config import Settings
-from dispatcher.node.store import SCHEMA_VERSION, Store
-from dispatcher.node.subscribers import Registration, Subscribers
+from dispatcher.node.contract import SCHEMA_VERSION, Status, Subscribers
+from dispatcher.node.queue import Queue
+from dispatcher.node.records import Registration
+from dispatcher.node.store import Store
 from dispatcher.node.tarantool_process import TarantoolProcess
 from tests.admin import console
 from tests.conftest import free_port, node_settings
@@ -76,7 +78,7 @@ async def test_one_replica_set_and_rows_replicate(cluster: list[TarantoolProcess
             return all([await Subscribers(s).get("tok-r") is not None for s in stores])
 
         assert await eventually(everywhere)
-        infos = [(await s.call("node.info"))[0] for s in stores]
+        infos = [await Status(s).info() for s in stores]
         assert {i["schema_version"] for i in infos} == {SCHEMA_VERSION}
     finally:
         for s in stores:
@@ -144,7 +146,7 @@ async def test_peer_links_know_who_is_alive(cluster: list[TarantoolProcess]) -> 
 
         assert await eventually(both_up)
         assert peers.next_alive() == "n1" and peers.next_alive("n1") == "n2" and peers.next_alive("n2") == "n0"
-        task = await peers.queue("n2").tube("fanout").put({"b": "handed-over"})
+        task = await Queue(peers.store("n2")).tube("fanout").put({"b": "handed-over"})
         assert task.data == {"b": "handed-over"}
         cluster[1].kill()
 

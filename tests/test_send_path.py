@@ -19,7 +19,8 @@ from dispatcher.core import metrics
 from dispatcher.core.config import ApnsSettings, AppSettings, FcmSettings
 from dispatcher.core.errors import ConfigError
 from dispatcher.fakes.faults import Faults
-from dispatcher.node.subscribers import Registration
+from dispatcher.node.contract import Pushes
+from dispatcher.node.records import Registration
 from dispatcher.service import Dispatcher
 from tests.admin import console
 from tests.conftest import apns_token, fcm_token
@@ -48,7 +49,7 @@ async def device_count(node: Dispatcher) -> int:
 
 
 async def dead_letters(node: Dispatcher) -> list[Any]:
-    letters: list[Any] = (await node.store.call("node.dead_letter_list", (100,)))[0]
+    letters: list[Any] = await Pushes(node.store).dead_letters(100)
     return letters
 
 

@@ -166,7 +166,7 @@ async def test_a_failed_fanout_step_is_released_and_retried(tmp_path: Path, capl
             resumed = time.monotonic()
             done = await wait_done(api, started["id"], timeout_s=60)
         assert done["progress"]["delivered"] == len(regs), done["progress"]
-        failed = [r for r in caplog.records if r.getMessage().startswith("fan-out: step of task")]
+        failed = [r for r in caplog.records if r.getMessage().startswith("fan-out: a step of")]
         assert failed, "a fan-out step failed while read-only"
         await eventually(lambda: _taken_is_zero(node), timeout_s=10, what="nothing left taken")
         print(f"\nread-only fan-out: {len(failed)} steps failed; done {time.monotonic() - resumed:.1f} s after "

@@ -14,6 +14,7 @@ from pydantic import SecretStr
 
 from dispatcher.core.config import Settings, TarantoolSettings
 from dispatcher.core.errors import ConfigError, NodeMisconfigured, NodeUnavailable, StoreFailed, StoreRejected
+from dispatcher.node.contract import connect
 from dispatcher.node.store import Store
 from dispatcher.node.tarantool_process import TarantoolProcess
 from tests.admin import console
@@ -52,7 +53,7 @@ def plain_tarantool(tmp_path: Path) -> Iterator[int]:
 async def test_tarantool_without_our_application(plain_tarantool: int) -> None:
     settings = TarantoolSettings(port=plain_tarantool, password=SecretStr("some-password"), startup_timeout_s=10)
     with pytest.raises(NodeMisconfigured, match=r"does not run the dispatcher's node application"):
-        await Store(settings).connect()
+        await connect(Store(settings))
 
 
 def test_tarantool_that_cannot_start_reports_its_log(tmp_path: Path) -> None:
@@ -87,7 +88,7 @@ async def test_a_bad_argument_is_rejected_with_our_code_naming_the_field(store: 
         await store.call("node.subscriber_put", ("tok", "u1", "ios", "news", ["sport", 7]))
     assert e.value.code == 10001
     with pytest.raises(StoreRejected, match="no broadcast b_missing") as e:
-        await store.call("node.broadcast_set_state", ("b_missing", "cancelled"))
+        await store.call("node.broadcast_cancel", ("b_missing",))
     assert e.value.code == 10004
 
 

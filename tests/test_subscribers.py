@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dispatcher.core.errors import StoreRejected
-from dispatcher.node.subscribers import Audience, Cursor, Registration, Subscriber, Subscribers
+from dispatcher.node.contract import Subscribers
+from dispatcher.node.records import Audience, Cursor, Registration, Subscriber
 
 
 async def test_register_update_read_remove(subscribers: Subscribers) -> None:

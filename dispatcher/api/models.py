@@ -276,8 +276,11 @@ class ProgressOut(BaseModel):
 class BroadcastOut(BaseModel):
     id: str
     idempotency_key: str
-    state: Literal["scheduled", "running", "done", "cancelled"]
+    state: Literal["scheduled", "running", "fanned_out", "done", "cancelled"] = Field(
+        description="scheduled, then running (fan-out under way), fanned_out (every push enqueued), done (every "
+                    "push settled); or cancelled. Stored as it happens, the same on every node once replicated")
     created: float = Field(description="Epoch seconds")
+    finished: float | None = Field(description="Epoch seconds it became done or cancelled")
     audience: AudienceOut
     send_at: str | None
     local_time: str | None

@@ -2,7 +2,7 @@
 than accept what the node cannot hold.
 
 Two limits. Queued pushes (``api.queue_limit``), and memory: memtx's arena
-in use (tuples and indexes; ``node.memory``'s arena_used) over
+in use (tuples and indexes: the node's arena_used) over
 ``api.memory_limit_share`` of memtx's quota. Memory is the one that
 matters for one-off pushes, whose tasks carry their whole message. Not
 quota_used: slabs once taken stay counted there when their tuples go.
@@ -19,7 +19,7 @@ import asyncio
 import time
 
 from dispatcher.api.problems import ApiError
-from dispatcher.node.store import Store
+from dispatcher.node.contract import Status
 from dispatcher.node.tasks import SendBacklog
 
 MEMORY_MAX_AGE_S = 0.1
@@ -28,9 +28,9 @@ ROW_OVERHEAD_BYTES = 256
 
 
 class Pressure:
-    def __init__(self, store: Store, backlog: SendBacklog, queue_limit: int, memory_limit_share: float,
+    def __init__(self, status: Status, backlog: SendBacklog, queue_limit: int, memory_limit_share: float,
                  quota_bytes: int, retry_after_s: int) -> None:
-        self._store = store
+        self._status = status
         self._backlog = backlog
         self._queue_limit = queue_limit
         self._share = memory_limit_share
@@ -64,7 +64,7 @@ class Pressure:
         if time.monotonic() - self._read_at > MEMORY_MAX_AGE_S:
             async with self._lock:
                 if time.monotonic() - self._read_at > MEMORY_MAX_AGE_S:
-                    memory = (await self._store.call("node.memory"))[0]
+                    memory = await self._status.memory()
                     self._used_bytes = int(memory["arena_used"])
                     # The node's own figure when it gives one (an operator may
                     # run Tarantool with another quota than our settings say).

@@ -49,10 +49,11 @@ from dispatcher.api.problems import ApiError, for_exception, invalid
 from dispatcher.core import metrics
 from dispatcher.core.config import ApiSettings
 from dispatcher.core.errors import StoreError
-from dispatcher.node.broadcasts import COUNTERS, SETTLED, Broadcast, Broadcasts, broadcast_id, shown_state
+from dispatcher.node.contract import Broadcasts, Pushes, Status, Subscribers
 from dispatcher.node.queue import Queue
-from dispatcher.node.subscribers import Registration, Subscriber, Subscribers
-from dispatcher.node.tasks import SendBacklog, SendTask
+from dispatcher.node.records import COUNTERS, SETTLED, Broadcast, Registration, Subscriber, broadcast_id
+from dispatcher.node.tasks import SendBacklog
+from dispatcher.work.fanout import zones_for
 from dispatcher.work.peers import Peers
 
 log = logging.getLogger("dispatcher.api")
@@ -137,7 +138,9 @@ class Api:
         self.queue = queue
         self.subscribers = subscribers
         self.broadcasts = broadcasts
-        self.pressure = Pressure(queue.store, SendBacklog(queue, max_age_s=1.0), settings.queue_limit,
+        self.pushes = Pushes(queue.store)
+        self.status = Status(queue.store)
+        self.pressure = Pressure(self.status, SendBacklog(queue, max_age_s=1.0), settings.queue_limit,
                                  settings.memory_limit_share, memtx_quota_bytes, settings.retry_after_s)
         self.guard = ConnectionGuard(settings.header_timeout_s, settings.max_connections)
         self._routes: dict[web.AbstractRoute, Route] = {}
@@ -221,13 +224,8 @@ class Api:
         # Each device's task carries the whole message.
         await self.pressure.admit(len(devices) * (args.body_bytes + 2 * ROW_OVERHEAD_BYTES), tasks=len(devices))
         ref = {"message": push.message.model_dump(), "collapse_key": push.collapse_key}
-        expires_at = time.time() + push.ttl_s
-        for platform in ("ios", "android"):
-            items = [SendTask("m", ref, d.token, d.platform, expires_at, app=d.app).wire() for d in devices
-                     if d.platform == platform]
-            if items:
-                await self.queue.tube(platform).put_many(items)
-        return web.json_response({"enqueued": len(devices)}, status=202)
+        enqueued = await self.pushes.enqueue([d.token for d in devices], ref, push.ttl_s)
+        return web.json_response({"enqueued": enqueued}, status=202)
 
     # --- broadcasts ---
 
@@ -239,7 +237,8 @@ class Api:
         start_in_s = max(0.0, spec.send_at.timestamp() - time.time()) if spec.send_at else 0.0
         stored = json.loads(spec.model_dump_json())
         home = self.peers.home(broadcast_id(key)) if self.peers is not None else None
-        broadcast, created = await self.broadcasts.create(key, "scheduled", stored, start_in_s, home)
+        zones = zones_for(spec.local_time, time.time() + start_in_s) if spec.local_time else None
+        broadcast, created = await self.broadcasts.create(key, stored, start_in_s=start_in_s, home=home, zones=zones)
         if created:
             metrics.BROADCASTS.labels("created").inc()
         return web.json_response(await self._status(broadcast))
@@ -258,8 +257,8 @@ class Api:
         if progress is None:
             progress = await self.broadcasts.progress(b.id)
         audience = b.spec.get("audience") or {}
-        return {"id": b.id, "idempotency_key": b.idempotency_key, "state": shown_state(b, progress),
-                "created": b.created,
+        return {"id": b.id, "idempotency_key": b.idempotency_key, "state": b.state,
+                "created": b.created, "finished": b.finished,
                 "audience": {"app": audience.get("app", ""), "platform": audience.get("platform"),
                              "topics": list(audience.get("topics") or [])},
                 "send_at": b.spec.get("send_at"), "local_time": b.spec.get("local_time"),
@@ -283,7 +282,7 @@ class Api:
 
     async def cancel_broadcast(self, request: web.Request, args: Args) -> web.StreamResponse:
         broadcast = await self._broadcast(args.params["id"])
-        broadcast = await self.broadcasts.set_state(broadcast.id, "cancelled")
+        broadcast = await self.broadcasts.cancel(broadcast.id)
         metrics.BROADCASTS.labels("cancelled").inc()
         return web.json_response(await self._status(broadcast))
 
@@ -308,15 +307,13 @@ class Api:
             for state in ("ready", "taken", "delayed", "buried"):
                 metrics.QUEUE_DEPTH.labels(tube, state).set(stats["tasks"][state])
             metrics.QUEUE_OLDEST.labels(tube).set(stats["tasks"].get("oldest_ready_age", 0))
-        memory = (await self.queue.store.call("node.memory"))[0]
+        memory = await self.status.memory()
         for kind in ("data", "index", "arena_used", "quota_used", "quota_size"):
             metrics.TARANTOOL_MEMORY.labels(kind).set(memory[kind])
-        running = [b for b in await self.broadcasts.list(RECENT_BROADCASTS) if b.state == "running"]
+        running = [b for b in await self.broadcasts.list(RECENT_BROADCASTS) if b.state in ("running", "fanned_out")]
         progress = await self.broadcasts.progress_many([b.id for b in running]) if running else []
         metrics.BROADCAST_PROGRESS.clear()  # a finished broadcast's series end
         for b, p in zip(running, progress, strict=True):
-            if shown_state(b, p) != "running":
-                continue
             for name in (*COUNTERS, "pending"):
                 metrics.BROADCAST_PROGRESS.labels(b.id, name).set(p[name])
             metrics.BROADCAST_PROGRESS.labels(b.id, "settled").set(sum(p[name] for name in SETTLED))
@@ -327,7 +324,7 @@ class Api:
     async def readyz(self, request: web.Request, args: Args) -> web.StreamResponse:
         """Ready when the store answers: one cheap call (node.info)."""
         try:
-            await self._readiness.run(lambda: self.queue.store.call("node.info"))
+            await self._readiness.run(self.status.info)
         except StoreError as e:
             log.warning("readyz: the store does not answer: %s", e)
             return web.json_response({"ready": False, "why": "the node's store does not answer"}, status=503,

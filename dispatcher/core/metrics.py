@@ -23,7 +23,8 @@ QUEUE_OLDEST = Gauge("dispatcher_queue_oldest_ready_seconds", "Age of the next r
 ENQUEUED = Counter("dispatcher_broadcast_tasks_enqueued_total", "Send tasks enqueued by broadcast fan-out",
                    ["platform"])
 FANOUT_TAKEN_OVER = Counter("dispatcher_fanout_taken_over_total",
-                            "Fan-out tasks this node re-issued for a node down or a silent baton", ["reason"])
+                            "Fan-out tasks this node re-issued because the node holding them was down",
+                            ["reason"])
 PEERS_ALIVE = Gauge("dispatcher_peers_alive", "Peers whose Tarantool this node reaches now")
 PEERS_CONFIGURED = Gauge("dispatcher_peers_configured", "Peers in this node's cluster list")
 # Replicated figures: every node reports the same, so read them with max by.
@@ -52,8 +53,7 @@ for _platform in ("ios", "android"):
         PUSHES.labels(_platform, _verdict)
     for _metric in (GATEWAY_LATENCY, IN_FLIGHT, RETRIES, DEAD_TOKENS, DEAD_LETTERS, EXPIRED, ENQUEUED):
         _metric.labels(_platform)
-for _reason in ("node_down", "baton_silent"):
-    FANOUT_TAKEN_OVER.labels(_reason)
+FANOUT_TAKEN_OVER.labels("node_down")
 for _event in ("created", "started", "fanned_out", "cancelled"):
     BROADCASTS.labels(_event)
 for _tube in ("ios", "android", "fanout"):

@@ -26,10 +26,9 @@ from dispatcher.core.errors import NodeMisconfigured, NodeUnavailable, StoreFail
 
 log = logging.getLogger(__name__)
 
-# The node's Lua schema version this code expects (lua/node/schema.lua).
-SCHEMA_VERSION = 4
-
 _AUTH_ERRORS = {ErrorCode.ER_PASSWORD_MISMATCH, ErrorCode.ER_NO_SUCH_USER}
+# The stored function is not there, or this user may not call it: not a
+# dispatcher node, or not this release's.
 _APP_MISSING = {ErrorCode.ER_NO_SUCH_PROC, ErrorCode.ER_ACCESS_DENIED}
 # Our codes (lua/node/errors.lua, lua/queue/state.lua): the request's fault.
 _OUR_CODES = range(10000, 10100)
@@ -78,10 +77,10 @@ class Store:
     def connected(self) -> bool:
         return bool(self._conn.is_connected)
 
-    async def connect(self) -> dict[str, Any]:
-        """Connects, retrying until ``startup_timeout_s``, then checks that the
-        other end is a dispatcher node with the expected schema. Returns its
-        ``node.info``."""
+    async def connect(self) -> None:
+        """Connects, retrying until ``startup_timeout_s``. Whether the other
+        end is a dispatcher node of the right schema is the contract's
+        check (node/contract.py ``connect``)."""
         where = f"Tarantool at {self.address}"
         try:
             async with asyncio.timeout(self._settings.startup_timeout_s):
@@ -100,28 +99,6 @@ class Store:
                     "(tarantool.password must match the node's NODE_DISPATCHER_PASSWORD)"
                 ) from None
             raise NodeMisconfigured(f"{where} refused the connection: {e.message}") from None
-        info = await self._node_info(where)
-        if info.get("schema_version") != SCHEMA_VERSION:
-            await self.close()
-            raise NodeMisconfigured(
-                f"{where} has schema version {info.get('schema_version')}, this dispatcher "
-                f"needs {SCHEMA_VERSION}: run the same release of lua/ and dispatcher/"
-            )
-        return info
-
-    async def _node_info(self, where: str) -> dict[str, Any]:
-        try:
-            response = await self._conn.call("node.info")
-        except TarantoolDatabaseError as e:
-            await self.close()
-            if e.code in _APP_MISSING:
-                raise NodeMisconfigured(
-                    f"{where} does not run the dispatcher's node application "
-                    f"(lua/init.lua): {e.message}"
-                ) from None
-            raise NodeMisconfigured(f"{where}: node.info failed: {e.message}") from None
-        info: dict[str, Any] = response.body[0]
-        return info
 
     async def close(self) -> None:
         if self._conn.is_connected:
@@ -138,7 +115,9 @@ class Store:
             if e.code in _OUR_CODES:
                 raise StoreRejected(e.message, e.code) from None
             if e.code in _APP_MISSING:
-                raise NodeMisconfigured(f"Tarantool at {self.address}: {e.message}") from None
+                raise NodeMisconfigured(
+                    f"Tarantool at {self.address}: {e.message}: does it run this release's node "
+                    "application (lua/init.lua)?") from None
             # Tarantool's message, never the call's arguments (tokens, messages).
             raise StoreFailed(f"{function} on Tarantool at {self.address} failed: {e.message[:_MESSAGE_CHARS]}",
                               e.code, retryable=e.code in _PASSING) from None

@@ -1,6 +1,8 @@
 """The send task: small, queued once per device. It names the broadcast (whose
 message is stored once) or carries a one-off message, plus the device and
-its app, the attempt count and when it stops being worth sending."""
+its app, the attempt count and when it stops being worth sending. The node
+builds it (lua/node/send_tasks.lua); the dispatcher reads it, and says what
+changes for another try (``retry``)."""
 
 from __future__ import annotations
 
@@ -37,9 +39,9 @@ class SendTask:
         """The broadcast's id, or None for a one-off push."""
         return self.ref if self.kind == "b" else None
 
-    def wire(self) -> list[Any]:
-        return [self.kind, self.ref, self.token, self.platform, self.expires_at, self.attempt, self.first_attempt_at,
-                self.app, self.suspect]
+    def retry(self) -> dict[str, Any]:
+        """What changes in the task for another try (the node rebuilds it)."""
+        return {"attempt": self.attempt, "first_attempt_at": self.first_attempt_at, "suspect": self.suspect}
 
     @classmethod
     def from_wire(cls, data: Any) -> SendTask:

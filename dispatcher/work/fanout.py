@@ -1,30 +1,30 @@
-"""Broadcast fan-out, in two strategies chosen per broadcast. The steps that
-touch subscribers run inside Tarantool (lua/node/fanout.lua): a step reads
-its slice of the audience from the local replica and enqueues the send
-tasks in one transaction, with the slice's marker, its progress and the ack
-of the fan-out task, so a crash re-runs a step that left nothing behind and
-a slice is enqueued once whichever node runs it. This worker decides where
-the work goes.
+"""Broadcast fan-out, in two strategies chosen per broadcast. Each step is
+one stored-function call (lua/node/fanout.lua ``step``): it takes a fan-out
+task, reads its slice of the audience from the local replica, enqueues the
+send tasks and writes what comes next, all in one transaction, so a crash
+re-runs a step that left nothing behind and a slice is enqueued once
+whichever node runs it. This worker decides where work goes:
 
-*Baton* ``{"b", "after"}``: "the audience after this cursor". A step finds
-where its page ends, hands the baton for the rest to the next live node in
-the ring *before* enqueuing its page (if this node dies now the broadcast
-goes on), then enqueues the page. The newest page marker is the checkpoint:
-when no page has been done for ``baton_silence_s``, the ring successor of
-the node that did the last one re-issues the baton from there.
+*Baton* ``{b, after, page}``: "the audience after this cursor". A step
+enqueues its page and hands the baton for the rest to the next live node in
+the ring.
 
-*Cascade* ``{"b", "range": [after, upto, n, weight]}``: a range of about n
-index rows. A small range becomes send tasks; a big one is cut into parts
-(by position in the index, so skewed keys cut evenly) dealt round the live
-nodes. Parts for other nodes wait in this node's tube as ``{..., "to"}``
-until forwarded, so a cut commits all at once. Every part has a holder row;
-the parts held by a node down for ``baton_silence_s`` are re-issued by its
-ring successor (as is a broadcast's first task, whatever the strategy).
+*Cascade* ``{b, range}``: a range of about n index rows. A small range
+becomes send tasks; a big one is cut into parts (by position in the index,
+so skewed keys cut evenly) dealt round the live nodes.
 
-Fan-out waits while the send tubes are above the high-water mark, so a huge
+What a step writes for another node waits in this node's outbox, held (a
+holder row) by this node, until the worker forwards it in batches; the
+receiving node then holds it. The one watchdog: the tasks held by a node
+down for ``baton_silence_s`` are re-issued by its ring successor, whatever
+the strategy.
+
+Fan-out waits while more send tasks are ready than the high-water mark
+(delayed ones, such as a local_time broadcast's, do not count), so a huge
 broadcast never needs all of its tasks in memory at once. ``send_at``
-delays the first fan-out task (not each push); ``local_time`` ("08:00")
-delays each device's task to that hour in its own time zone.
+delays the first fan-out task; ``local_time`` ("08:00") delays each
+device's task to that hour in its own time zone, worked out per zone once
+when the broadcast is created (``zones_for``).
 """
 
 from __future__ import annotations
@@ -34,33 +34,36 @@ import datetime as dt
 import logging
 import time
 from functools import cache
-from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from dispatcher.core import metrics
-from dispatcher.core.backoff import Backoff
 from dispatcher.core.errors import StoreError
-from dispatcher.node.broadcasts import Broadcast, Broadcasts, fanned_out
-from dispatcher.node.queue import Queue, Task
-from dispatcher.node.tasks import SendBacklog
-from dispatcher.work import settle
+from dispatcher.node.contract import Fanout
+from dispatcher.node.records import Forward, Step
+from dispatcher.node.store import Store
 from dispatcher.work.peers import Peers
 
 log = logging.getLogger(__name__)
 
-def local_delay_s(local_time: str, tz: str, now: float) -> float:
-    """Seconds from ``now`` until the next ``local_time`` (HH:MM) in ``tz``
-    (UTC when the zone is unknown)."""
+# A step waits this long for a fan-out task; the outbox is looked at between.
+TAKE_WAIT_S = 0.1
+# Outbox rows forwarded per round.
+FORWARD_BATCH = 500
+
+
+def next_local_time(local_time: str, tz: str, start: float) -> float:
+    """The epoch second of the first ``local_time`` (HH:MM) in zone ``tz``
+    (UTC when the zone is unknown) at or after ``start``."""
     try:
         zone = ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
         zone = ZoneInfo("UTC")
     hour, minute = (int(part) for part in local_time.split(":"))
-    here = dt.datetime.fromtimestamp(now, zone)
+    here = dt.datetime.fromtimestamp(start, zone)
     target = here.replace(hour=hour, minute=minute, second=0, microsecond=0)
-    if target <= here:
+    if target.timestamp() < start:
         target = (here + dt.timedelta(days=1)).replace(hour=hour, minute=minute, second=0, microsecond=0)
-    return target.timestamp() - now
+    return target.timestamp()
 
 
 @cache
@@ -68,35 +71,33 @@ def all_zones() -> list[str]:
     return sorted(available_timezones() | {"UTC"})
 
 
+def zones_for(local_time: str, start: float) -> dict[str, float]:
+    """When ``local_time`` next comes in every time zone, from ``start``."""
+    return {z: next_local_time(local_time, z, start) for z in all_zones()}
+
+
 class FanoutWorker:
-    def __init__(self, me: str, queue: Queue, broadcasts: Broadcasts, page_size: int = 1000,
-                 high_water: int = 200_000, peers: Peers | None = None, baton_silence_s: float = 15.0,
-                 cascade_parts: int = 64, backoff: Backoff | None = None, request_timeout_s: float = 10.0) -> None:
+    def __init__(self, me: str, store: Store, page_size: int = 1000, high_water: int = 200_000,
+                 peers: Peers | None = None, baton_silence_s: float = 15.0, cascade_parts: int = 64) -> None:
         self.me = me
-        self.queue = queue
-        self.tube = queue.tube("fanout")
-        self.store = queue.store
-        self.broadcasts = broadcasts
+        self.fanout = Fanout(store)
         self.page_size = page_size
         self.high_water = high_water
         self.peers = peers
         self.baton_silence_s = baton_silence_s
         self.cascade_parts = cascade_parts
-        self._zone_at: dict[str, tuple[float, dict[str, float]]] = {}
-        self._reissued: dict[tuple[str, Any], float] = {}
-        self._backlog = SendBacklog(queue, max_age_s=0.25)
-        self.backoff = backoff or Backoff(base_s=1.0, cap_s=60.0)
-        self.request_timeout_s = request_timeout_s
-        self._failures: dict[int, int] = {}  # task id -> steps failed in a row
 
     async def run(self, stop: asyncio.Event) -> None:
         next_watch = time.monotonic() + self.baton_silence_s / 3
         while not stop.is_set():
             try:
-                tasks = await self.tube.take_many(1, timeout_s=0.5,
-                                                  give_up_at=time.time() + self.request_timeout_s - 1)
-                for task in tasks:
-                    await self._try_step(task)
+                step = await self.fanout.step(page_size=self.page_size, leaf=self.page_size,
+                                              parts=self.cascade_parts, targets=self._targets(),
+                                              next_node=self._next(), high_water=self.high_water,
+                                              timeout_s=TAKE_WAIT_S)
+                self._count(step)
+                if step.outbox:
+                    await self._forward()
                 if self.peers is not None and time.monotonic() >= next_watch:
                     next_watch = time.monotonic() + self.baton_silence_s / 3
                     await self._watch()
@@ -104,90 +105,22 @@ class FanoutWorker:
                 log.warning("fan-out: %s", e)
                 await asyncio.sleep(1)
 
-    async def _try_step(self, task: Task) -> None:
-        """One step; a step that fails goes back to the queue with backoff
-        (the release sent until it lands, as a settle is)."""
-        try:
-            await self._step(task)
-            self._failures.pop(task.id, None)
-        except Exception as e:
-            failures = self._failures[task.id] = self._failures.get(task.id, 0) + 1
-            if len(self._failures) > 10_000:
-                self._failures.clear()
-            delay = self.backoff.delay_s(failures)
-            if isinstance(e, StoreError):
-                log.warning("fan-out: step of task %d failed (%s); again in %.1f s", task.id, e, delay)
-            else:
-                log.exception("fan-out: step of task %d failed; again in %.1f s", task.id, delay)
-            await settle.land(self.store, self.tube.name, [settle.release(task.id, None, None, delay)])
-
-    async def _call(self, function: str, *args: Any) -> list[Any]:
-        return await self.store.call("node." + function, args)
-
-    def _zones(self, broadcast: Broadcast) -> dict[str, float] | None:
-        """For a local_time broadcast: when that hour next comes in each zone
-        (epoch seconds), worked out once a minute."""
-        local_time = broadcast.spec.get("local_time")
-        if not local_time:
-            return None
-        now = time.time()
-        at, zones = self._zone_at.get(local_time, (0.0, {}))
-        if now - at > 60:
-            zones = {z: now + local_delay_s(local_time, z, now) for z in all_zones()}
-            self._zone_at[local_time] = (now, zones)
-        return zones
-
-    async def _step(self, task: Task) -> None:
-        broadcast = await self.broadcasts.get(task.data["b"])
-        if broadcast is None:
-            # Broadcasts are never deleted: its record has not replicated
-            # here yet (a task can travel faster than the row).
-            log.info("fan-out: broadcast %s not here yet; waiting for replication", task.data["b"])
-            await self.tube.release(task.id, delay_s=0.5)
-            return
-        if broadcast.state in ("cancelled", "done"):
-            await self.tube.ack(task.id)
-            return
-        if "to" in task.data:
-            await self._forward(task, broadcast)
-            return
-        if await self._backlog.count(recount_above=self.high_water) > self.high_water:
-            await self.tube.release(task.id, delay_s=1.0)
-            return
-        if broadcast.state == "scheduled":
-            await self.broadcasts.set_state(broadcast.id, "running")
-            metrics.BROADCASTS.labels("started").inc()
-        if "range" in task.data:
-            opts = {"leaf": self.page_size, "parts": self.cascade_parts, "targets": self._targets(),
-                    "zone_at": self._zones(broadcast)}
-            put, finished = await self._call("fanout_range_step", task.id, broadcast.id, task.data, opts)
-        else:
-            put, finished = await self._baton(task, broadcast)
-        for platform, n in (put or {}).items():
+    @staticmethod
+    def _count(step: Step) -> None:
+        for platform, n in step.put.items():
             metrics.ENQUEUED.labels(platform).inc(n)
-            self._backlog.added(n)
-        if finished and fanned_out(await self.broadcasts.progress(broadcast.id)):
+        if step.started:
+            metrics.BROADCASTS.labels("started").inc()
+        if step.fanned_out:
             metrics.BROADCASTS.labels("fanned_out").inc()
+        if step.outcome == "failed":
+            log.error("fan-out: a step of %s failed (again later): %s", step.broadcast, step.error)
+        elif step.outcome == "not_here":
+            log.info("fan-out: broadcast %s not here yet; waiting for replication", step.broadcast)
 
-    async def _baton(self, task: Task, broadcast: Broadcast) -> list[Any]:
-        after = task.data.get("after")
-        done, cursor = await self._call("fanout_next_cursor", broadcast.id, after, self.page_size)
-        if done:  # this baton ran elsewhere already
-            await self.tube.ack(task.id)
-            return [None, False]
-        opts: dict[str, Any] = {"zone_at": self._zones(broadcast)}
-        if cursor is not None:
-            baton = {"b": broadcast.id, "after": cursor, "page": task.data.get("page", 0) + 1}
-            opts["next"] = baton
-            target = self.peers.next_alive() if self.peers is not None else self.me
-            if self.peers is not None and target != self.me:
-                # The baton goes first: if this node dies now, the broadcast goes on.
-                try:
-                    await self.peers.queue(target).tube("fanout").put(baton)
-                    opts = {**opts, "next": None, "handed": [target, baton]}
-                except StoreError as e:
-                    log.warning("fan-out: cannot hand the baton to %s (%s); keeping it", target, e)
-        return await self._call("fanout_enqueue", task.id, broadcast.id, task.data, after, cursor, opts)
+    def _next(self) -> str:
+        """Where the next baton goes: the next live node in the ring."""
+        return self.peers.next_alive() if self.peers is not None else self.me
 
     def _targets(self) -> list[str]:
         """Where cascade parts go: this node, then the live peers in ring order."""
@@ -198,56 +131,42 @@ class FanoutWorker:
         alive = set(self.peers.alive())
         return [self.me] + [n for n in ring[start + 1:] + ring[:start] if n in alive]
 
-    async def _forward(self, task: Task, broadcast: Broadcast) -> None:
-        """Sends a task waiting here (a cascade part, a first task) on to its
-        node, or to the next live one, or keeps it when no peer takes it."""
-        part = {k: v for k, v in task.data.items() if k != "to"}
-        target = task.data["to"]
-        if self.peers is not None and target != self.me and target not in self.peers.alive():
-            target = self.peers.next_alive(target)
-        if self.peers is not None and target != self.me:
+    async def _forward(self) -> None:
+        """Sends the outbox on, a batch per node: to the node each task was
+        meant for, or the next live one, or keeps it here when no peer
+        answers."""
+        by_target: dict[str, list[Forward]] = {}
+        for forward in await self.fanout.outbox(FORWARD_BATCH):
+            by_target.setdefault(self._target(forward), []).append(forward)
+        for target, forwards in by_target.items():
+            where = self.fanout if target == self.me or self.peers is None else Fanout(self.peers.store(target))
             try:
-                await self.peers.queue(target).tube("fanout").put(part)
+                await where.accept(forwards, origin=self.me)
             except StoreError as e:
-                log.warning("fan-out: cannot forward a range to %s (%s); keeping it", target, e)
-                target = self.me
-        await self._call("fanout_forwarded", task.id, broadcast.id, part, target)
+                log.warning("fan-out: cannot forward %d tasks to %s (%s); trying again", len(forwards), target, e)
+                continue
+            await self.fanout.outbox_done([f.id for f in forwards])
+
+    def _target(self, forward: Forward) -> str:
+        if self.peers is None:
+            return self.me
+        if forward.to == self.me or forward.to in self.peers.alive():
+            return forward.to
+        instead = self.peers.next_alive(forward.to)
+        log.warning("fan-out: %s does not answer; a task of %s meant for it goes to %s instead",
+                    forward.to, forward.data.get("b"), instead)
+        return instead
 
     async def _watch(self) -> None:
-        """Re-issues fan-out work that stopped: the tasks held by a node down
-        for baton_silence_s, and batons silent that long, each by the ring
-        successor of the node it was left with."""
+        """Re-issues the fan-out tasks held by nodes down for baton_silence_s,
+        each by the ring successor of the node that held it."""
         assert self.peers is not None
         down = self.peers.down_for(self.baton_silence_s)
-        for broadcast in await self.broadcasts.list(50):
-            if broadcast.state not in ("scheduled", "running"):
-                continue
-            if down:
-                for _, data, node, due in (await self._call("fanout_orphans", broadcast.id, down))[0]:
-                    if self.peers.next_alive(node) == self.me:
-                        log.warning("fan-out: %s held a task of %s and is down; re-issuing it here",
-                                    node, broadcast.id)
-                        metrics.FANOUT_TAKEN_OVER.labels("node_down").inc()
-                        await self._call("fanout_reissue", broadcast.id, data, due)
-            if broadcast.state == "running" and broadcast.spec.get("strategy") != "cascade":
-                await self._watch_baton(broadcast)
-
-    async def _watch_baton(self, broadcast: Broadcast) -> None:
-        assert self.peers is not None
-        body = await self._call("fanout_latest_page", broadcast.id)
-        if not body or body[0] is None:
-            return  # no page done yet
-        latest = body[0]
-        _, after, node, at, page = latest
-        if after is None or time.time() - at <= self.baton_silence_s or self.peers.next_alive(node) != self.me:
+        if not down:
             return
-        key = (broadcast.id, tuple(after))
-        now = time.monotonic()
-        self._reissued = {k: at for k, at in self._reissued.items() if now - at <= self.baton_silence_s}
-        if key in self._reissued:
-            return  # re-issued here lately; it may be waiting for the send tubes
-        self._reissued[key] = now
-        log.warning("fan-out: baton of %s silent since %s left it; re-issuing it here", broadcast.id, node)
-        metrics.FANOUT_TAKEN_OVER.labels("baton_silent").inc()
-        baton = {"b": broadcast.id, "after": after, "page": (page or 0) + 1}
-        await self._call("fanout_reissue", broadcast.id, baton, time.time())
+        mine = [o for o in await self.fanout.orphans(down) if self.peers.next_alive(o.node) == self.me]
+        if mine:
+            for o in mine:
+                log.warning("fan-out: %s held a task of %s and is down; re-issuing it here", o.node, o.broadcast)
+            metrics.FANOUT_TAKEN_OVER.labels("node_down").inc(len(mine))
+            await self.fanout.reissue(mine)

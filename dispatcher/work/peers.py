@@ -11,7 +11,7 @@ import time
 
 from dispatcher.core.config import ClusterSettings, TarantoolSettings
 from dispatcher.core.errors import NodeMisconfigured, StoreError
-from dispatcher.node.queue import Queue
+from dispatcher.node.contract import connect
 from dispatcher.node.store import Store
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class Peers:
     async def _keep_connected(self, name: str, store: Store) -> None:
         while not store.connected:
             try:
-                await store.connect()
+                await connect(store)
                 log.info("peer %s: connected (%s)", name, store.address)
             except NodeMisconfigured as e:
                 # Also what a peer still joining the replica set says (no
@@ -80,8 +80,8 @@ class Peers:
                 return name
         return self.me
 
-    def queue(self, name: str) -> Queue:
-        return Queue(self._stores[name])
+    def store(self, name: str) -> Store:
+        return self._stores[name]
 
     async def close(self) -> None:
         for task in self._tasks:

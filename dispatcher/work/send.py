@@ -37,11 +37,12 @@ from dispatcher.core.config import DispatchSettings
 from dispatcher.core.errors import StoreError
 from dispatcher.gateways.messages import Message, apns_payload, fcm_message
 from dispatcher.gateways.push import Push, Verdict, encode
-from dispatcher.node.broadcasts import BroadcastCache, Broadcasts
+from dispatcher.node.contract import Broadcasts
 from dispatcher.node.queue import Task, Tube
 from dispatcher.node.store import Store
 from dispatcher.node.tasks import SendTask
 from dispatcher.work.apps import Apps, Route
+from dispatcher.work.broadcast_cache import BroadcastCache
 from dispatcher.work.settle import Item, Settler, ack, bury, release
 
 log = logging.getLogger(__name__)
@@ -136,31 +137,31 @@ class SendPipeline:
         try:
             send = SendTask.from_wire(task.data)
         except ValueError as e:
-            self._bury(task, None, f"malformed task: {e}", task.data)
+            self._bury(task, None, f"malformed task: {e}")
             return
         broadcast = send.broadcast
         try:
             item = await self._attempt(task, send)
         except StoreError as e:
             log.warning("%s: task %d: %s; back to the queue", self.platform, task.id, e)
-            item = release(task.id, broadcast, None, STORE_RETRY_S, send.wire())
+            item = release(task.id, broadcast, None, STORE_RETRY_S)
         except (ValidationError, ValueError) as e:
-            self._bury(task, broadcast, f"message no longer valid: {_first_line(e)}", send.wire())
+            self._bury(task, broadcast, f"message no longer valid: {_first_line(e)}")
             return
         except Exception as e:  # a bug: this task is buried, the others go on
             log.exception("%s: task %d failed", self.platform, task.id)
-            self._bury(task, broadcast, f"internal error: {type(e).__name__}: {_first_line(e)}", send.wire())
+            self._bury(task, broadcast, f"internal error: {type(e).__name__}: {_first_line(e)}")
             return
         self.settler.add(item)
 
-    def _bury(self, task: Task, broadcast: str | None, reason: str, data: Any) -> None:
-        self.settler.add(self._dead_letter(task, broadcast, reason, data))
+    def _bury(self, task: Task, broadcast: str | None, reason: str) -> None:
+        self.settler.add(self._dead_letter(task, broadcast, reason))
 
-    def _dead_letter(self, task: Task, broadcast: str | None, reason: str, data: Any) -> Item:
+    def _dead_letter(self, task: Task, broadcast: str | None, reason: str) -> Item:
         """Buries the task with ``reason``, counted as failed."""
         self.metrics.dead_letters.inc()
         self.metrics.failed.inc()
-        return bury(task.id, broadcast, reason, {"task_id": task.id, "task": data})
+        return bury(task.id, broadcast, reason)
 
     def _message_body(self, message: dict[str, Any]) -> bytes:
         m = Message.model_validate(message)
@@ -239,18 +240,18 @@ class SendPipeline:
         if verdict is Verdict.TEMPORARY:
             delay = self.backoff.next_delay_s(send.attempt + 1, now - send.first_attempt_at, retry_after_s)
             if delay is None:
-                return self._dead_letter(task, b, f"retry deadline passed: {reason}", send.wire())
+                return self._dead_letter(task, b, f"retry deadline passed: {reason}")
             send.attempt += 1
             self.metrics.retries.inc()
             return self._later(task, send, b, delay, now)
-        return self._dead_letter(task, b, reason, send.wire())
+        return self._dead_letter(task, b, reason)
 
     def _later(self, task: Task, send: SendTask, b: str | None, delay_s: float, now: float) -> Item:
         """Back to the queue for ``delay_s``; expired instead when the push
         would be past its ttl by then."""
         if now + delay_s >= send.expires_at:
             return self._expired(task, b)
-        return release(task.id, b, "retries", delay_s, send.wire())
+        return release(task.id, b, "retries", delay_s, send.retry())
 
     def _expired(self, task: Task, b: str | None) -> Item:
         self.metrics.expired.inc()

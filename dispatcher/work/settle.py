@@ -14,6 +14,7 @@ from typing import Any
 
 from dispatcher.core import metrics
 from dispatcher.core.errors import StoreError, StoreRejected
+from dispatcher.node.contract import Pushes
 from dispatcher.node.store import Store
 
 log = logging.getLogger(__name__)
@@ -26,17 +27,19 @@ def ack(task_id: int, broadcast: str | None, counter: str | None, remove: str | 
     return [task_id, "ack", broadcast, counter, {"remove": remove} if remove else None]
 
 
-def release(task_id: int, broadcast: str | None, counter: str | None, delay_s: float, data: Any = None) -> Item:
-    """Back to the queue after ``delay_s``, with ``data`` (unless None) as
-    the task's new data."""
+def release(task_id: int, broadcast: str | None, counter: str | None, delay_s: float,
+            retry: dict[str, Any] | None = None) -> Item:
+    """Back to the queue after ``delay_s``; ``retry`` (a send task's attempt,
+    first_attempt_at, suspect) changes those fields of the task."""
     extra: dict[str, Any] = {"delay": delay_s}
-    if data is not None:
-        extra["data"] = data
+    if retry is not None:
+        extra["retry"] = retry
     return [task_id, "release", broadcast, counter, extra]
 
 
-def bury(task_id: int, broadcast: str | None, reason: str, letter: Any) -> Item:
-    return [task_id, "bury", broadcast, "failed" if broadcast else None, {"reason": reason, "letter": letter}]
+def bury(task_id: int, broadcast: str | None, reason: str) -> Item:
+    """Buried, with a dead letter that keeps the task and says why."""
+    return [task_id, "bury", broadcast, "failed" if broadcast else None, {"reason": reason}]
 
 
 class Settler:
@@ -109,7 +112,7 @@ async def land(store: Store, tube: str, items: list[Item]) -> None:
     first_failure = 0.0
     while True:
         try:
-            await store.call("node.settle", (tube, items))
+            await Pushes(store).settle(tube, items)
             if first_failure:
                 log.warning("%s: a settle landed after %.1f s of retries", tube, time.monotonic() - first_failure)
             return

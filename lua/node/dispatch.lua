@@ -5,6 +5,7 @@ local broadcasts = require('node.broadcasts')
 local errors = require('node.errors')
 local dead_letters = require('node.dead_letters')
 local subscribers = require('node.subscribers')
+local send_tasks = require('node.send_tasks')
 local atomic = require('queue.state').atomic
 
 local M = {}
@@ -48,6 +49,9 @@ local function check_item(i, item)
     if extra ~= nil and extra.remove ~= nil and (action ~= 'ack' or type(extra.remove) ~= 'string') then
         bad('[5].remove must be a token, with an ack')
     end
+    if extra ~= nil and extra.retry ~= nil and (action ~= 'release' or type(extra.retry) ~= 'table') then
+        bad('[5].retry must be a map, with a release')
+    end
 end
 
 local function apply(tube, tube_name, items, skipped)
@@ -67,11 +71,15 @@ local function apply(tube, tube_name, items, skipped)
                     table.insert(removals, extra.remove)
                 end
             elseif action == 'release' then
-                tube:_release(held, extra or {})
+                local opts = {delay = extra and extra.delay}
+                if extra ~= nil and extra.retry ~= nil then
+                    opts.data = send_tasks.retried(tube:peek(id)[3], extra.retry)
+                end
+                tube:_release(held, opts)
                 released = true
             else
+                table.insert(letters, {tube_name, extra.reason, {task_id = id, task = tube:peek(id)[3]}})
                 tube:bury(id)
-                table.insert(letters, {tube_name, extra.reason, extra.letter})
             end
             if broadcast ~= nil and counter ~= nil then
                 local d = deltas[broadcast] or {}
@@ -93,8 +101,9 @@ end
 -- Settles sent tasks of one tube in one transaction. Each item is
 -- {task_id, action, broadcast, counter, extra}:
 --   ack      extra.remove: also remove that device (a dead token)
---   release  extra.delay, extra.data: back to the queue, later, with new data
---   bury     extra.reason, extra.letter: a dead letter says why
+--   release  extra.delay: back to the queue, later; extra.retry (a send
+--            task's attempt, first_attempt_at, suspect): with those changed
+--   bury     extra.reason: a dead letter says why, and keeps the task
 -- and adds 1 to `counter` of the broadcast's progress. An item takes effect
 -- only if this session holds its task, so a batch sent twice (its answer
 -- lost) or a task whose ttr ran out counts once. Returns the ids skipped.

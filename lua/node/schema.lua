@@ -14,16 +14,23 @@ local VERSION_KEY = 'dispatcher_schema_version'
 M.SUBSCRIBER = {token = 1, user_id = 2, platform = 3, app = 4, topics = 5, tz = 6,
                 locale = 7, created = 8, updated = 9, origin = 10, deleted = 11}
 M.BROADCAST = {id = 1, idempotency_key = 2, state = 3, created = 4, updated = 5,
-               origin = 6, spec = 7}
+               origin = 6, spec = 7, finished = 8, zones = 9}
 M.PROGRESS = {broadcast_id = 1, node = 2, counters = 3, updated = 4, origin = 5}
 M.FANOUT_PAGE = {broadcast_id = 1, after = 2, next = 3, node = 4, at = 5, updated = 6, origin = 7,
                  page = 8}
 M.FANOUT_HOLDER = {broadcast_id = 1, key = 2, data = 3, node = 4, due = 5, updated = 6, origin = 7}
+M.FANOUT_OUTBOX = {id = 1, to = 2, broadcast_id = 3, due = 4, data = 5}
+
+-- A broadcast's lifecycle, in order: a state only ever moves forward, and
+-- of two rows written on two nodes the later state wins (a cancel beats
+-- everything), whatever their clocks.
+M.BROADCAST_STATES = {scheduled = 1, running = 2, fanned_out = 3, done = 4, cancelled = 5}
 
 -- Replicated spaces and where their version lives (see versioned.lua).
 M.VERSIONED = {
     subscriber = {updated = M.SUBSCRIBER.updated, origin = M.SUBSCRIBER.origin},
-    broadcast = {updated = M.BROADCAST.updated, origin = M.BROADCAST.origin},
+    broadcast = {updated = M.BROADCAST.updated, origin = M.BROADCAST.origin,
+                 rank = function(row) return M.BROADCAST_STATES[row[M.BROADCAST.state]] or 0 end},
     progress = {updated = M.PROGRESS.updated, origin = M.PROGRESS.origin},
     fanout_page = {updated = M.FANOUT_PAGE.updated, origin = M.FANOUT_PAGE.origin},
     fanout_holder = {updated = M.FANOUT_HOLDER.updated, origin = M.FANOUT_HOLDER.origin},
@@ -174,6 +181,36 @@ migrations[4] = function()
     if token.type ~= 'HASH' then
         token:alter({type = 'HASH'})
     end
+end
+
+-- Stored lifecycle: a broadcast's state is written when it changes (and
+-- indexed, so running broadcasts are found whatever their age), with when
+-- it finished; a local_time broadcast keeps when that hour comes in each
+-- zone, worked out once when it is created. Fan-out tasks for other nodes
+-- wait in a node-local outbox until the dispatcher forwards them.
+migrations[5] = function()
+    local b = box.space.broadcast
+    local format = b:format()
+    if #format < 8 then
+        table.insert(format, {name = 'finished', type = 'number', is_nullable = true})
+        table.insert(format, {name = 'zones', type = 'map', is_nullable = true})
+        b:format(format)
+    end
+    b:create_index('state', {parts = {{'state', 'string'}, {'created', 'number'}, {'id', 'string'}},
+                             if_not_exists = true})
+    local o = box.schema.space.create('fanout_outbox', {
+        id = 519,
+        is_local = true,
+        if_not_exists = true,
+        format = {
+            {name = 'id', type = 'unsigned'},
+            {name = 'to', type = 'string'},
+            {name = 'broadcast_id', type = 'string'},
+            {name = 'due', type = 'number'},
+            {name = 'data', type = 'map'},
+        },
+    })
+    o:create_index('id', {parts = {{'id', 'unsigned'}}, if_not_exists = true})
 end
 
 function M.version()

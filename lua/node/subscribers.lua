@@ -90,6 +90,24 @@ function M.put(token, user_id, platform, app, topics, tz, locale)
     return box.space.subscriber:get(token)
 end
 
+-- What clients read: named fields, never positions.
+function M.to_map(t)
+    if t == nil then
+        return nil
+    end
+    return {token = t[S.token], user_id = t[S.user_id], platform = t[S.platform], app = t[S.app],
+            topics = t[S.topics], tz = t[S.tz], locale = t[S.locale], created = t[S.created],
+            updated_us = t[S.updated], origin = t[S.origin]}
+end
+
+function M.to_maps(rows)
+    local out = {}
+    for i, t in ipairs(rows) do
+        out[i] = M.to_map(t)
+    end
+    return out
+end
+
 function M.get(token)
     local t = box.space.subscriber:get(token)
     if live(t) then

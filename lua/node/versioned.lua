@@ -14,8 +14,17 @@ local M = {}
 local watched = {}
 local installed = {}
 
--- Is row `a` older than row `b`? Ties on time are broken by origin name.
+-- Is row `a` older than row `b`? A space whose rows move through ranks
+-- (spec.rank: a broadcast's lifecycle) compares ranks first, so a later
+-- state wins whatever the clocks of the nodes that wrote them. Ties on
+-- time are broken by origin name.
 local function older(a, b, spec)
+    if spec.rank ~= nil then
+        local ra, rb = spec.rank(a), spec.rank(b)
+        if ra ~= rb then
+            return ra < rb
+        end
+    end
     local ua, ub = a[spec.updated], b[spec.updated]
     if ua ~= ub then
         return ua < ub

@@ -82,9 +82,9 @@ test:test('refusals carry our error codes and name the field', function(t)
     e = refusal(subscribers.put, 'tok', 'u', 'ios', 'news', {}, 42)
     t:is_deeply(e, {code = errors.INVALID, message = 'subscriber: tz must be a string, got number'}, 'a bad tz')
     t:is(refusal(subscribers.page, nil, 0).code, errors.INVALID, 'a bad page limit')
-    e = refusal(broadcasts.set_state, 'b_none', 'cancelled')
+    e = refusal(broadcasts.cancel, 'b_none')
     t:is_deeply(e, {code = errors.NOT_FOUND, message = 'broadcast: no broadcast b_none'}, 'an unknown broadcast')
-    t:is(refusal(broadcasts.set_state, 'b_none', 'paused').code, errors.INVALID, 'an unknown state')
+    t:is(refusal(broadcasts.create, 'b_x', 'k', 'not a map').code, errors.INVALID, 'a spec that is not a map')
     t:is(refusal(dispatch.settle, 'nope', {}).code, errors.INVALID, 'an unknown tube')
 end)
 
@@ -178,7 +178,9 @@ test:test('settling is all or nothing, once per task, and removes dead tokens wi
     local subscribers = require('node.subscribers')
     local errors = require('node.errors')
     local tube = queue.tube.android
-    tube:put_many({'a', 'b'})
+    local send_tasks = require('node.send_tasks')
+    tube:put_many({send_tasks.new('b', 'bx', 'tok-a', 'android', 1e10, 'news'),
+                   send_tasks.new('b', 'bx', 'tok-b', 'android', 1e10, 'news')})
     local taken = tube:take_many(2, 0)
     local ok, e = pcall(dispatch.settle, 'android', {{taken[1][1], 'ack', 'bx', 'delivered'},
                                                      {taken[2][1], 'bury', 'bx', 'failed', {letter = 'x'}}})
@@ -186,25 +188,26 @@ test:test('settling is all or nothing, once per task, and removes dead tokens wi
     t:like(e.message, 'items%[2%]%[5%]%.reason', 'naming the item and field')
     t:is(tube.space:get(taken[1][1]) ~= nil and tube:statistics().tasks.total, 2,
          'and the ack in it did not happen: the task is still there')
-    t:is(broadcasts.progress('bx').delivered, nil, 'nor the progress')
+    t:is(broadcasts.progress('bx').delivered, 0, 'nor the progress')
     local dead = 'dead-token-settle'
     subscribers.put(dead, 'u-dead', 'android', 'news')
     local items = {{taken[1][1], 'ack', 'bx', 'dead_tokens', {remove = dead}},
-                   {taken[2][1], 'release', 'bx', 'retries', {delay = 60, data = 'b2'}}}
+                   {taken[2][1], 'release', 'bx', 'retries', {delay = 60, retry = {attempt = 3, suspect = true}}}}
     t:is_deeply(dispatch.settle('android', items), {}, 'a good call settles everything')
     t:is(subscribers.get(dead), nil, 'the dead token is removed with its ack')
     t:is(broadcasts.progress('bx').dead_tokens, 1, 'with its progress')
-    t:is(tube:peek(taken[2][1])[3], 'b2', 'the release carries its new data')
+    local retried = tube:peek(taken[2][1])[3]
+    t:is_deeply({retried[6], retried[9]}, {3, true}, 'the release rebuilds the task with its retry fields')
     t:is(tube:peek(taken[2][1])[2], '~', 'and its delay')
     t:is_deeply(dispatch.settle('android', items), {taken[1][1], taken[2][1]},
                 'settled again (its answer lost): both skipped')
     t:is(broadcasts.progress('bx').dead_tokens, 1, 'and counted once')
     tube:put('c')
     local c = tube:take_many(1, 0)[1]
-    dispatch.settle('android', {{c[1], 'bury', box.NULL, box.NULL, {reason = 'no good', letter = {1, 2}}}})
+    dispatch.settle('android', {{c[1], 'bury', box.NULL, box.NULL, {reason = 'no good'}}})
     local letters = require('node.dead_letters').list(1)
-    t:is_deeply({letters[1][3], letters[1][4], tube:peek(c[1])[2]}, {'android', 'no good', '!'},
-                'a bury leaves a dead letter with its reason')
+    t:is_deeply({letters[1][3], letters[1][4], letters[1][5].task, tube:peek(c[1])[2]}, {'android', 'no good', 'c', '!'},
+                'a bury leaves a dead letter with its reason and the task')
 end)
 
 test:test('a settle rolled back (read-only) leaves its tasks held, so sending it again works', function(t)
