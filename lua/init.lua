@@ -112,6 +112,9 @@ end
 queue.start({registry_space_id = 516})
 versioned.install_existing()
 broadcasts.start_promoter()
+require('node.retention').start({broadcast_days = cfg.broadcast_retention_days,
+                                 tombstone_days = cfg.tombstone_retention_days,
+                                 dead_letter_days = cfg.dead_letter_retention_days}, cfg.retention_interval_s)
 
 -- The stored functions the dispatcher calls, as global `node.*`.
 node = {
@@ -133,7 +136,6 @@ node = {
     progress_by_node = function(id) return select(2, broadcasts.progress(id)) end,
     progress_many = broadcasts.progress_many,
     push_enqueue = send_tasks.push,
-    dead_letter_put_many = dead_letters.put_many,
     dead_letter_list = dead_letters.list,
     settle = dispatch.settle,
     fanout_step = fanout.step,

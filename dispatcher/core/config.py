@@ -266,13 +266,20 @@ class DispatchSettings(BaseModel):
     # dispatcher stalled or lost it); longer than a send and its settle.
     task_ttr_s: int = Field(120, ge=10)
     fanout_page: int = Field(1000, ge=1, le=10000)
-    # Fan-out pauses above this many ready and delayed send tasks.
+    # Fan-out pauses above this many ready send tasks (delayed ones, such as
+    # a local_time broadcast's, do not count).
     high_water: int = Field(200_000, ge=1)
     # A cascade range is cut into at most this many parts at a time.
     cascade_parts: int = Field(64, ge=2, le=1024)
-    # A baton that has not moved this long, and the fan-out tasks of a node
-    # down this long, are re-issued by a live node.
+    # The fan-out tasks (batons, cascade parts) of a node down this long are
+    # re-issued by a live node.
     baton_silence_s: float = Field(15.0, gt=0)
+    # Retention, in the node's Tarantool: days a finished broadcast keeps its
+    # fan-out markers, holders and progress rows (its final counters stay
+    # with it), a removed device its tombstone, a dead letter itself.
+    broadcast_retention_days: int = Field(7, ge=1)
+    tombstone_retention_days: int = Field(30, ge=1)
+    dead_letter_retention_days: int = Field(30, ge=1)
     # Retries: exponential backoff with full jitter from retry_base_s up to
     # retry_cap_s, for as long as the push's ttl and retry_deadline_s (from
     # its first attempt) allow; a gateway's Retry-After is honoured up to

@@ -45,6 +45,9 @@ def node_environment(settings: Settings) -> dict[str, str]:
         "NODE_DISPATCHER_PASSWORD": tnt.password.get_secret_value(),
         "NODE_PEERS": ",".join(node.peers),
         "NODE_TASK_TTR_S": str(settings.dispatch.task_ttr_s),
+        "NODE_BROADCAST_RETENTION_DAYS": str(settings.dispatch.broadcast_retention_days),
+        "NODE_TOMBSTONE_RETENTION_DAYS": str(settings.dispatch.tombstone_retention_days),
+        "NODE_DEAD_LETTER_RETENTION_DAYS": str(settings.dispatch.dead_letter_retention_days),
         # A first start waits for its peers as long as we wait for it.
         "NODE_BOOTSTRAP_TIMEOUT_S": str(math.ceil(tnt.startup_timeout_s)),
     }

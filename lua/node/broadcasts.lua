@@ -160,6 +160,11 @@ function M.progress(broadcast_id)
         total[name] = 0
     end
     local nodes = setmetatable({}, {__serialize = 'map'})
+    local gone = #box.space.progress:select({broadcast_id}, {limit = 1}) == 0
+    local row = gone and box.space.broadcast:get(broadcast_id)
+    if row and row[B.totals] ~= nil then
+        return row[B.totals], nodes -- finished long ago: its rows are gone (retention.lua)
+    end
     for _, t in box.space.progress:pairs({broadcast_id}) do
         nodes[t[P.node]] = t[P.counters]
         for name, n in pairs(t[P.counters]) do

@@ -32,6 +32,13 @@ local SETTINGS = {
     -- stalled or vanished dispatcher holds is ready again after this.
     task_ttr_s = {120, 'positive', 'NODE_TASK_TTR_S'},
     log = {nil, 'optional_string', 'NODE_LOG'},
+    -- Retention (node/retention.lua): days a finished broadcast keeps its
+    -- fan-out markers, holders and progress rows; a removed device its
+    -- tombstone; a dead letter itself. Looked at every retention_interval_s.
+    broadcast_retention_days = {7, 'positive', 'NODE_BROADCAST_RETENTION_DAYS'},
+    tombstone_retention_days = {30, 'positive', 'NODE_TOMBSTONE_RETENTION_DAYS'},
+    dead_letter_retention_days = {30, 'positive', 'NODE_DEAD_LETTER_RETENTION_DAYS'},
+    retention_interval_s = {600, 'positive', 'NODE_RETENTION_INTERVAL_S'},
 }
 
 local function is_secret(key)

@@ -14,7 +14,7 @@ local VERSION_KEY = 'dispatcher_schema_version'
 M.SUBSCRIBER = {token = 1, user_id = 2, platform = 3, app = 4, topics = 5, tz = 6,
                 locale = 7, created = 8, updated = 9, origin = 10, deleted = 11}
 M.BROADCAST = {id = 1, idempotency_key = 2, state = 3, created = 4, updated = 5,
-               origin = 6, spec = 7, finished = 8, zones = 9}
+               origin = 6, spec = 7, finished = 8, zones = 9, totals = 10}
 M.PROGRESS = {broadcast_id = 1, node = 2, counters = 3, updated = 4, origin = 5}
 M.FANOUT_PAGE = {broadcast_id = 1, after = 2, next = 3, node = 4, at = 5, updated = 6, origin = 7,
                  page = 8}
@@ -185,7 +185,8 @@ end
 
 -- Stored lifecycle: a broadcast's state is written when it changes (and
 -- indexed, so running broadcasts are found whatever their age), with when
--- it finished; a local_time broadcast keeps when that hour comes in each
+-- it finished, and its final counters once retention has dropped its
+-- progress rows; a local_time broadcast keeps when that hour comes in each
 -- zone, worked out once when it is created. Fan-out tasks for other nodes
 -- wait in a node-local outbox until the dispatcher forwards them.
 migrations[5] = function()
@@ -194,6 +195,7 @@ migrations[5] = function()
     if #format < 8 then
         table.insert(format, {name = 'finished', type = 'number', is_nullable = true})
         table.insert(format, {name = 'zones', type = 'map', is_nullable = true})
+        table.insert(format, {name = 'totals', type = 'map', is_nullable = true})
         b:format(format)
     end
     b:create_index('state', {parts = {{'state', 'string'}, {'created', 'number'}, {'id', 'string'}},
