@@ -1,8 +1,9 @@
 #!/usr/bin/env tarantool
 -- The fan-out's own cost inside one Tarantool, with no network, no
 -- dispatcher and no senders: a cascade over N devices (all parts kept on
--- this node), then a baton over the same devices, each timed from the first
--- step to the last send task enqueued (WAL on, as on a node).
+-- this node), then a baton over the same devices, each a series of
+-- fanout.step calls (one per step, as the dispatcher makes them), timed
+-- from the first step to the last send task enqueued (WAL on, as on a node).
 --     tarantool bench/fanout_inprocess.lua [devices]
 local fio = require('fio')
 local clock = require('clock')
@@ -37,37 +38,30 @@ local function drain_send_tubes()
     queue.tube.android:truncate()
 end
 
-local function run(name, first, step)
-    fanout.create('b_' .. name, name, 'running', {audience = {app = 'news'}, ttl_s = 3600}, {first, 0})
+local function run(strategy)
+    local b = 'b_' .. strategy
+    fanout.create(b, strategy, {audience = {app = 'news'}, ttl_s = 3600}, {strategy = strategy})
+    local opts = {page_size = LEAF, leaf = LEAF, parts = 64, targets = {'node1'}, next = 'node1'}
     local started, cpu = clock.monotonic(), clock.proc()
     local steps, enqueued = 0, 0
     while true do
-        local task = queue.tube.fanout:take(0)
-        if task == nil then
+        local r = fanout.step(opts)
+        if r.outcome == 'idle' then
             break
         end
         steps = steps + 1
-        local put = step(task)
-        for _, n in pairs(put or {}) do
+        for _, n in pairs(r.put or {}) do
             enqueued = enqueued + n
         end
     end
     local wall, used = clock.monotonic() - started, clock.proc() - cpu
     print(string.format('%s: %d send tasks in %d steps, %.2f s (%.0f tasks/s), CPU %.2f us per task',
-        name, enqueued, steps, wall, enqueued / wall, used / enqueued * 1e6))
+        strategy, enqueued, steps, wall, enqueued / wall, used / enqueued * 1e6))
     drain_send_tubes()
 end
 
-run('cascade', {b = 'b_cascade', range = {nil, nil, nil, 2 ^ 46}}, function(task)
-    return fanout.range_step(task[1], 'b_cascade', task[3], {leaf = LEAF, parts = 64, targets = {'node1'}})
-end)
-
-run('baton', {b = 'b_baton', page = 0}, function(task)
-    local after = task[3].after
-    local _, cursor = fanout.next_cursor('b_baton', after, LEAF)
-    local next_baton = cursor ~= nil and {b = 'b_baton', after = cursor, page = task[3].page + 1} or nil
-    return fanout.enqueue(task[1], 'b_baton', task[3], after, cursor, {next = next_baton})
-end)
+run('cascade')
+run('baton')
 
 fio.rmtree(dir)
 os.exit(0)

@@ -4,6 +4,8 @@ set, rows replicate, and versioned rows converge after a partition."""
 from __future__ import annotations
 
 import asyncio
+import glob
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 from pydantic import SecretStr
 
 from dispatcher.core.config import Settings
-from dispatcher.node.contract import SCHEMA_VERSION, Status, Subscribers
+from dispatcher.node.contract import SCHEMA_VERSION, Broadcasts, Status, Subscribers
 from dispatcher.node.queue import Queue
 from dispatcher.node.records import Registration
 from dispatcher.node.store import Store
@@ -112,6 +114,74 @@ async def test_writes_on_both_sides_of_a_partition_converge(cluster: list[Tarant
     finally:
         for s in stores:
             await s.close()
+
+
+# libfaketime (Debian's package libfaketime, installed by .ci/test): a
+# process whose clock runs ahead, whatever the machine's.
+FAKETIME = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+
+
+async def test_a_cancel_wins_over_a_node_whose_clock_runs_ahead(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cut off from each other, n0 cancels a broadcast and n1, its clock
+    an hour ahead, moves it on (its write carries the later version); once
+    they meet again, both keep the cancel. n1's clock is set ahead only
+    while the link is cut: a node that far ahead never finishes syncing with
+    its peers (Tarantool counts the gap as replication lag)."""
+    assert FAKETIME, "libfaketime is not installed (apt-get install libfaketime)"
+    clock = tmp_path / "n1-clock"
+    clock.write_text("+0\n")
+    nodes = [TarantoolProcess(s) for s in cluster_settings(tmp_path, 2)]
+    try:
+        nodes[0].start(wait=False)
+        with monkeypatch.context() as m:
+            m.setenv("LD_PRELOAD", FAKETIME[0])
+            m.setenv("FAKETIME_TIMESTAMP_FILE", str(clock))
+            m.setenv("FAKETIME_NO_CACHE", "1")
+            m.setenv("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            nodes[1].start(wait=False)
+        for node in nodes:
+            node.wait_ready()
+        dirs = [n.settings.node.data_dir for n in nodes]
+        stores = [await connect(n) for n in nodes]
+        try:
+            spec = {"message": {"title": "t"}, "audience": {"app": "news"}, "ttl_s": 60}
+            b, _ = await Broadcasts(stores[0]).create("clock-ahead", spec)
+
+            async def on_n1() -> bool:
+                return await Broadcasts(stores[1]).get(b.id) is not None
+
+            assert await eventually(on_n1)
+            uris = console(dirs[0], "return box.cfg.replication")[0]
+            for d in dirs:
+                console(d, "box.cfg{replication = {}}")
+            assert (await Broadcasts(stores[0]).cancel(b.id)).state == "cancelled"
+            clock.write_text("+1h\n")
+
+            async def n1_ahead() -> bool:  # Tarantool's clock follows within a second
+                return bool(console(dirs[1], "return require('fiber').time()")[0] - time.time() > 3500)
+
+            assert await eventually(n1_ahead, 5), "n1's clock runs an hour ahead"
+            console(dirs[1], f"local b = require('node.broadcasts') "
+                             f"b.advance(box.space.broadcast:get('{b.id}'), 'running')")
+            version = f"return box.space.broadcast:get('{b.id}')[5]"
+            assert console(dirs[1], version)[0] > console(dirs[0], version)[0] + 3000 * 10**6, \
+                "n1's write carries the later version"
+            clock.write_text("+0\n")
+            await asyncio.sleep(1.5)
+            for d in dirs:
+                console(d, f"box.cfg{{replication = {{{', '.join(repr(u) for u in uris)}}}}}")
+
+            async def cancelled_everywhere() -> bool:
+                return [(await Broadcasts(s).get(b.id) or b).state for s in stores] == ["cancelled"] * 2
+
+            assert await eventually(cancelled_everywhere, 15), "the cancel wins on both nodes"
+        finally:
+            for s in stores:
+                await s.close()
+    finally:
+        for node in nodes:
+            node.kill()
 
 
 async def test_a_node_restarts_while_its_peers_are_down(tmp_path: Path) -> None:
