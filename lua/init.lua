@@ -110,6 +110,10 @@ elseif not schema.await(schema.LATEST, 60) then
 end
 queue.start({registry_space_id = 516})
 versioned.install_existing()
+-- Every node, its own (node-local) letters from before schema version 5.
+if box.space.dead_letter.index.broadcast ~= nil then
+    dead_letters.fill_broadcasts()
+end
 
 -- The stored functions the dispatcher calls, as global `node.*`.
 node = {
@@ -128,6 +132,8 @@ node = {
     progress_many = broadcasts.progress_many,
     dead_letter_put_many = dead_letters.put_many,
     dead_letter_list = dead_letters.list,
+    dead_letter_redrive = dead_letters.redrive,
+    dead_letter_purge = dead_letters.purge,
     settle = dispatch.settle,
     fanout_next_cursor = fanout.next_cursor,
     fanout_enqueue = fanout.enqueue,

@@ -27,7 +27,7 @@ from dispatcher.core.errors import NodeMisconfigured, NodeUnavailable, StoreFail
 log = logging.getLogger(__name__)
 
 # The node's Lua schema version this code expects (lua/node/schema.lua).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _AUTH_ERRORS = {ErrorCode.ER_PASSWORD_MISMATCH, ErrorCode.ER_NO_SUCH_USER}
 _APP_MISSING = {ErrorCode.ER_NO_SUCH_PROC, ErrorCode.ER_ACCESS_DENIED}

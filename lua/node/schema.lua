@@ -19,6 +19,11 @@ M.PROGRESS = {broadcast_id = 1, node = 2, counters = 3, updated = 4, origin = 5}
 M.FANOUT_PAGE = {broadcast_id = 1, after = 2, next = 3, node = 4, at = 5, updated = 6, origin = 7,
                  page = 8}
 M.FANOUT_HOLDER = {broadcast_id = 1, key = 2, data = 3, node = 4, due = 5, updated = 6, origin = 7}
+M.DEAD_LETTER = {id = 1, created = 2, tube = 3, reason = 4, data = 5, broadcast = 6}
+-- A send task's fields (the wire format of dispatcher/node/tasks.py): not
+-- a space, but kept with the tubes and the dead letters that hold it.
+M.SEND_TASK = {kind = 1, ref = 2, token = 3, platform = 4, expires_at = 5, attempt = 6, first_attempt_at = 7,
+               app = 8, suspect = 9}
 
 -- Replicated spaces and where their version lives (see versioned.lua).
 M.VERSIONED = {
@@ -174,6 +179,29 @@ migrations[4] = function()
     if token.type ~= 'HASH' then
         token:alter({type = 'HASH'})
     end
+end
+
+-- Dead letters get their broadcast (nil for a one-off push) as a field of
+-- their own, and an index per way operators look them up, newest first:
+-- by broadcast, by reason, by both. Ids grow with time (each is the
+-- highest plus one), so the primary key is already the creation order
+-- that listing and retention walk. The rows from before are node-local,
+-- which only their own node can write: each fills them in at its start
+-- (dead_letters.fill_broadcasts), not this migration, which only the
+-- schema owner runs.
+migrations[5] = function()
+    local d = box.space.dead_letter
+    local format = d:format()
+    if #format < M.DEAD_LETTER.broadcast then
+        table.insert(format, {name = 'broadcast', type = 'string', is_nullable = true})
+        d:format(format)
+    end
+    local id = {'id', 'unsigned'}
+    local broadcast = {'broadcast', 'string', is_nullable = true}
+    local reason = {'reason', 'string'}
+    d:create_index('broadcast', {parts = {broadcast, id}, if_not_exists = true})
+    d:create_index('reason', {parts = {reason, id}, if_not_exists = true})
+    d:create_index('broadcast_reason', {parts = {broadcast, reason, id}, if_not_exists = true})
 end
 
 function M.version()

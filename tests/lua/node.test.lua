@@ -202,8 +202,8 @@ test:test('settling is all or nothing, once per task, and removes dead tokens wi
     tube:put('c')
     local c = tube:take_many(1, 0)[1]
     dispatch.settle('android', {{c[1], 'bury', box.NULL, box.NULL, {reason = 'no good', letter = {1, 2}}}})
-    local letters = require('node.dead_letters').list(1)
-    t:is_deeply({letters[1][3], letters[1][4], tube:peek(c[1])[2]}, {'android', 'no good', '!'},
+    local letter = require('node.dead_letters').list({}, {limit = 1}).letters[1]
+    t:is_deeply({letter.tube, letter.reason, tube:peek(c[1])[2]}, {'android', 'no good', '!'},
                 'a bury leaves a dead letter with its reason')
 end)
 
