@@ -32,6 +32,7 @@ from pydantic import SecretStr
 from bench.common import free_port
 from dispatcher.core.config import ApiKey, ApiSettings, DispatchSettings, NodeSettings, Settings, TarantoolSettings
 from dispatcher.fakes.faults import Faults
+from dispatcher.node.dead_letters import DeadLetters
 from dispatcher.node.subscribers import Registration
 from dispatcher.service import Dispatcher
 
@@ -117,7 +118,7 @@ async def main() -> None:
                     assert done is not None
                     results[name] = done["progress"]
                 recovered_s = time.monotonic() - healed
-            letters = len((await node.store.call("node.dead_letter_list", (1000,)))[0])
+            letters = len((await DeadLetters(node.store).list(limit=1000)).letters)
         finally:
             await node.stop()
     print(f"\nMachine: {platform.machine()}, {os.cpu_count()} CPUs; {args.devices:,} devices, "

@@ -19,6 +19,7 @@ from dispatcher.core import metrics
 from dispatcher.core.config import ApnsSettings, AppSettings, FcmSettings
 from dispatcher.core.errors import ConfigError
 from dispatcher.fakes.faults import Faults
+from dispatcher.node.dead_letters import DeadLetter, DeadLetters
 from dispatcher.node.subscribers import Registration
 from dispatcher.service import Dispatcher
 from tests.admin import console
@@ -47,9 +48,8 @@ async def device_count(node: Dispatcher) -> int:
             return count
 
 
-async def dead_letters(node: Dispatcher) -> list[Any]:
-    letters: list[Any] = (await node.store.call("node.dead_letter_list", (100,)))[0]
-    return letters
+async def dead_letters(node: Dispatcher) -> list[DeadLetter]:
+    return (await DeadLetters(node.store).list(limit=100)).letters
 
 
 async def buried(node: Dispatcher) -> int:
@@ -191,7 +191,7 @@ async def test_a_malformed_task_is_buried_and_the_rest_delivered_once(apps_node:
     assert done["progress"]["delivered"] == 400
     assert max(node.fakes.apns.counters.accepted.values()) == 1 and len(node.fakes.apns.counters.accepted) == 200
     await eventually(lambda: _buried_is(node, 3), what="three tasks buried")
-    reasons = sorted(letter[3] for letter in await dead_letters(node))
+    reasons = sorted(letter.reason for letter in await dead_letters(node))
     assert len(reasons) == 3 and sum(r.startswith("malformed task") for r in reasons) == 2, reasons
     assert any(r.startswith("message no longer valid") for r in reasons), reasons
     assert len({r.token for r in regs}) == 400

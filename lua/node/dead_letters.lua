@@ -188,10 +188,14 @@ end
 local function pick(scope, before, limit)
     local found, missing = {}, {}
     if scope.ids ~= nil then
+        local seen = {}
         for _, id in ipairs(scope.ids) do
             local t = box.space.dead_letter:get(id)
             if t ~= nil and matches(t, scope) and (before == nil or id < before) then
-                table.insert(found, t)
+                if not seen[id] then  -- a letter named twice is taken once
+                    table.insert(found, t)
+                    seen[id] = true
+                end
             else
                 table.insert(missing, id)
             end
