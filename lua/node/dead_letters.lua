@@ -40,7 +40,7 @@ local function null_if_nil(value)
 end
 
 -- The send task a letter carries, or nil (a malformed task was buried).
-function M.send_task(data)
+local function send_task(data)
     local task = type(data) == 'table' and data.task or nil
     if type(task) ~= 'table' or (task[T.kind] ~= 'b' and task[T.kind] ~= 'm')
             or type(task[T.token]) ~= 'string' then
@@ -50,15 +50,23 @@ function M.send_task(data)
 end
 
 -- The broadcast whose push a letter holds; nil for a one-off push.
-function M.broadcast_of(data)
-    local task = M.send_task(data)
+local function broadcast_of(data)
+    local task = send_task(data)
     if task ~= nil and task[T.kind] == 'b' and type(task[T.ref]) == 'string' then
         return task[T.ref]
     end
     return nil
 end
 
+-- The highest id given out since the node started.
+local last_id = 0
+
 -- items: array of {tube, reason, data}. Returns how many were stored.
+-- An id is its letter's creation time in ms, or the last id plus one when
+-- that is higher (several in a millisecond): ids grow with time and are
+-- not used again once their letter is gone, so an id an operator copied
+-- never names another letter, and letters written while a re-drive walks
+-- down (pushes failing again) land above it.
 function M.put_many(items)
     if type(items) ~= 'table' then
         fail('items must be an array of {tube, reason, data}')
@@ -70,13 +78,14 @@ function M.put_many(items)
     end
     local space = box.space.dead_letter
     local last = space.index.id:max()
-    local id = last and last[D.id] + 1 or 1
     local now = math.floor(fiber.time() * 1000)
+    local id = math.max(now, last_id + 1, last and last[D.id] + 1 or 0)
     atomic(function()
         for _, item in ipairs(items) do
-            local broadcast = M.broadcast_of(item[3])
+            local broadcast = broadcast_of(item[3])
             -- Always six fields: fill_broadcasts looks for rows of five.
             space:insert({id, now, tostring(item[1]), tostring(item[2]), item[3], null_if_nil(broadcast)})
+            last_id = id
             id = id + 1
         end
     end)
@@ -103,7 +112,7 @@ function M.fill_broadcasts()
         end
         atomic(function()
             for _, t in ipairs(old) do
-                space:update(t[D.id], {{'=', D.broadcast, null_if_nil(M.broadcast_of(t[D.data]))}})
+                space:update(t[D.id], {{'=', D.broadcast, null_if_nil(broadcast_of(t[D.data]))}})
             end
         end)
         filled = filled + #old
@@ -261,7 +270,9 @@ local function drop_buried(t)
         return
     end
     local buried = tube:peek(id)
-    local letter_task = M.send_task(data)
+    local letter_task = send_task(data)
+    -- A send task must still be the letter's (its token); a malformed
+    -- one has nothing to tell it by but its id and its being buried.
     local same = letter_task == nil
         or (type(buried[3]) == 'table' and buried[3][T.token] == letter_task[T.token])
     if buried[2] == qstate.BURIED and same then
@@ -318,7 +329,7 @@ function M.redrive(scope, opts)
     local redriven = 0
     atomic(function()
         for _, t in ipairs(letters) do
-            local task = M.send_task(t[D.data])
+            local task = send_task(t[D.data])
             if task == nil or queue.tube[t[D.tube]] == nil then
                 table.insert(unsendable, t[D.id])
             else

@@ -183,9 +183,9 @@ end
 
 -- Dead letters get their broadcast (nil for a one-off push) as a field of
 -- their own, and an index per way operators look them up, newest first:
--- by broadcast, by reason, by both. Ids grow with time (each is the
--- highest plus one), so the primary key is already the creation order
--- that listing and retention walk. The rows from before are node-local,
+-- by broadcast, by reason, by both. Ids grow with time (see
+-- dead_letters.put_many), so the primary key is already the creation
+-- order that listing and retention walk. The rows from before are node-local,
 -- which only their own node can write: each fills them in at its start
 -- (dead_letters.fill_broadcasts), not this migration, which only the
 -- schema owner runs.

@@ -102,25 +102,35 @@ for i = 1, 6 do
     buried_ids[i] = bury('ios', task(b, 'tok-' .. i), i <= 4 and 'BadPayload' or 'retry deadline passed: 503')
 end
 bury('android', task(nil, 'tok-7'), 'BadPayload')
+-- The letters' ids in the order they were written, and some of them.
+local L = ids(dead_letters.list({}, {limit = 100}))
+table.sort(L)
+local function at(...)
+    local out = {}
+    for i, n in ipairs({...}) do
+        out[i] = L[n]
+    end
+    return out
+end
 
 test:test('listing: filters, newest first, pages', function(t)
     t:plan(9)
     local all = dead_letters.list({}, {limit = 100})
-    t:is_deeply(ids(all), {7, 6, 5, 4, 3, 2, 1}, 'every letter, newest first')
+    t:is_deeply(ids(all), at(7, 6, 5, 4, 3, 2, 1), 'every letter, newest first')
     t:is(all.next, nil, 'no page after the last')
     local l = all.letters[7]
     t:is_deeply({l.tube, l.reason, l.broadcast, l.task_id, l.task[3]}, {'ios', 'BadPayload', 'b_one', buried_ids[1],
                                                                       'tok-1'}, 'a letter as named fields')
     t:ok(l.created_ms > 1e12, 'created in ms')
-    t:is_deeply(ids(dead_letters.list({broadcast = 'b_one'}, {limit = 10})), {5, 3, 1}, 'by broadcast')
-    t:is_deeply(ids(dead_letters.list({reason = 'BadPayload'}, {limit = 10})), {7, 4, 3, 2, 1}, 'by reason')
-    t:is_deeply(ids(dead_letters.list({broadcast = 'b_two', reason = 'BadPayload'}, {limit = 10})), {4, 2},
+    t:is_deeply(ids(dead_letters.list({broadcast = 'b_one'}, {limit = 10})), at(5, 3, 1), 'by broadcast')
+    t:is_deeply(ids(dead_letters.list({reason = 'BadPayload'}, {limit = 10})), at(7, 4, 3, 2, 1), 'by reason')
+    t:is_deeply(ids(dead_letters.list({broadcast = 'b_two', reason = 'BadPayload'}, {limit = 10})), at(4, 2),
                 'by both')
     local first = dead_letters.list({reason = 'BadPayload'}, {limit = 2})
     local second = dead_letters.list({reason = 'BadPayload'}, {limit = 2, before = first.next})
     local third = dead_letters.list({reason = 'BadPayload'}, {limit = 2, before = second.next})
     t:is_deeply({ids(first), first.next, ids(second), second.next, ids(third), v(third.next)},
-                {{7, 4}, 4, {3, 2}, 2, {1}, 'none'}, 'pages continue below next, and end')
+                {at(7, 4), L[4], at(3, 2), L[2], at(1), 'none'}, 'pages continue below next, and end')
     t:is_deeply(ids(dead_letters.list({broadcast = 'b_none'}, {limit = 10})), {}, 'an unknown broadcast has none')
 end)
 
@@ -132,7 +142,7 @@ test:test('a re-drive puts a fresh task back, without the letter and its buried 
     local answer = dead_letters.redrive({broadcast = 'b_one', reason = 'BadPayload'}, {default_ttl_s = 60})
     t:is_deeply({answer.redriven, answer.unsendable, answer.missing, v(answer.next)}, {2, {}, {}, 'none'},
                 "two letters of b_one's reason")
-    t:is_deeply(ids(dead_letters.list({broadcast = 'b_one'}, {limit = 10})), {5}, 'their letters are gone')
+    t:is_deeply(ids(dead_letters.list({broadcast = 'b_one'}, {limit = 10})), at(5), 'their letters are gone')
     local after = tube:statistics().tasks
     t:is_deeply({after.ready - before.ready, after.buried - before.buried}, {2, -2},
                 'two ready tasks, two buried ones fewer')
@@ -146,7 +156,7 @@ test:test('a re-drive puts a fresh task back, without the letter and its buried 
                 'the same push, no attempt made, not suspect')
     t:ok(math.abs(f[5] - (fiber.time() + 600)) < 5, "it lives the broadcast's ttl_s from now")
     t:is(broadcasts.progress('b_one').failed, progress - 2, 'no longer counted failed (pending again)')
-    local one_off = dead_letters.redrive({ids = {7, 99, 7}}, {default_ttl_s = 60, ttl_s = 30})
+    local one_off = dead_letters.redrive({ids = {L[7], 99, L[7]}}, {default_ttl_s = 60, ttl_s = 30})
     t:is_deeply({one_off.redriven, one_off.missing}, {1, {99}}, 'by ids: once each, the unknown id is missing')
     local android = queue.tube.android.space.index.status:select({'r'})
     t:is(#android, 1, 'into its own tube')
@@ -161,13 +171,15 @@ test:test('re-drive and purge go in bounded steps, past letters they cannot send
     dispatch.settle('ios', {{id, 'bury', box.NULL, box.NULL, {reason = 'malformed task: x',
                                                                 letter = {task_id = id, task = {'garbage'}}}}})
     local left = ids(dead_letters.list({}, {limit = 10}))
-    t:is_deeply(left, {7, 6, 5, 4, 2}, 'five letters left (the newest id was free again)')
+    local malformed = left[1]
+    t:is_deeply(left, {malformed, L[6], L[5], L[4], L[2]}, 'five letters left')
     local a = dead_letters.redrive({all = true}, {limit = 2, default_ttl_s = 60})
-    t:is_deeply({a.redriven, a.unsendable, a.next}, {1, {7}, 6}, 'one re-driven, the malformed one left')
+    t:is_deeply({a.redriven, a.unsendable, a.next}, {1, {malformed}, L[6]}, 'one re-driven, the malformed one left')
     local b = dead_letters.redrive({all = true}, {limit = 2, before = a.next, default_ttl_s = 60})
     local c = dead_letters.redrive({all = true}, {limit = 2, before = b.next, default_ttl_s = 60})
-    t:is_deeply({b.redriven, b.next, c.redriven, v(c.next)}, {2, 4, 1, 'none'}, 'the next calls go on below, and end')
-    t:is_deeply(ids(dead_letters.list({}, {limit = 10})), {7}, 'only the unsendable letter is left')
+    t:is_deeply({b.redriven, b.next, c.redriven, v(c.next)}, {2, L[4], 1, 'none'},
+                'the next calls go on below, and end')
+    t:is_deeply(ids(dead_letters.list({}, {limit = 10})), {malformed}, 'only the unsendable letter is left')
     local buried = queue.tube.ios:statistics().tasks.buried
     local p = dead_letters.purge({reason = 'malformed task: x'}, {})
     t:is_deeply({p.purged, v(p.next)}, {1, 'none'}, 'purged by reason')
@@ -180,8 +192,9 @@ test:test('purge scopes', function(t)
     for i = 1, 5 do
         bury('ios', task('b_one', 'p-' .. i), 'BadPayload')
     end
-    local by_ids = dead_letters.purge({ids = {1, 2}, broadcast = 'b_two'}, {})
-    t:is_deeply({by_ids.purged, by_ids.missing}, {0, {1, 2}}, 'ids outside the filter are not purged')
+    local some = ids(dead_letters.list({}, {limit = 2}))
+    local by_ids = dead_letters.purge({ids = some, broadcast = 'b_two'}, {})
+    t:is_deeply({by_ids.purged, by_ids.missing}, {0, some}, 'ids outside the filter are not purged')
     local page = dead_letters.purge({broadcast = 'b_one'}, {limit = 3})
     t:is_deeply({page.purged, box.space.dead_letter:len()}, {3, 2}, 'at most limit a call')
     t:ok(page.next ~= nil, 'and says there is more')
@@ -206,13 +219,16 @@ test:test('refusals carry our code and name the field', function(t)
            'opts.ttl_s must be a positive number', 'ttl_s')
 end)
 
-test:test('a letter written now has its broadcast field', function(t)
-    t:plan(2)
+test:test('a letter written now has its broadcast field, and an id not used before', function(t)
+    t:plan(3)
     dead_letters.put_many({{'ios', 'x', {task_id = 1, task = task('b_x', 'w1')}}, {'ios', 'y', 'not a map'}})
     local letters = dead_letters.list({}, {limit = 2}).letters
     t:is_deeply({letters[2].broadcast, v(letters[1].broadcast), v(letters[1].task)}, {'b_x', 'none', 'none'},
                 'its broadcast, or none')
     t:is(#box.space.dead_letter:get(letters[1].id), 6, 'six fields either way')
+    dead_letters.purge({all = true}, {})
+    dead_letters.put_many({{'ios', 'z', {}}})
+    t:ok(dead_letters.list({}, {limit = 1}).letters[1].id > letters[1].id, 'ids grow, also past letters gone')
 end)
 
 helper.finish(test)
