@@ -67,7 +67,8 @@ BROADCAST_ID = r"^b_[0-9a-f]{24}$"
 MAX_TTL_S = 28 * 86400
 # A one-off push's ttl_s when none is given (and a re-driven one's).
 PUSH_TTL_S = 3600
-# A dead letter's reason as a filter: longer ones are cut (send.py).
+# A dead letter's reason as a filter: ours stay far shorter (send.py cuts
+# an error to 300 characters).
 MAX_REASON = 1000
 # How far `send_at` may lie from now: a little in the past (clocks differ,
 # a retry comes late: such a broadcast starts at once), at most 30 days ahead.
