@@ -32,7 +32,7 @@ from pydantic import SecretStr
 from bench.common import free_port
 from dispatcher.core.config import ApiKey, ApiSettings, DispatchSettings, NodeSettings, Settings, TarantoolSettings
 from dispatcher.fakes.faults import Faults
-from dispatcher.node.contract import Pushes
+from dispatcher.node.contract import DeadLetters
 from dispatcher.node.records import Registration
 from dispatcher.service import Dispatcher
 
@@ -118,7 +118,7 @@ async def main() -> None:
                     assert done is not None
                     results[name] = done["progress"]
                 recovered_s = time.monotonic() - healed
-            letters = len(await Pushes(node.store).dead_letters(1000))
+            letters = len((await DeadLetters(node.store).list(limit=1000)).letters)
         finally:
             await node.stop()
     print(f"\nMachine: {platform.machine()}, {os.cpu_count()} CPUs; {args.devices:,} devices, "

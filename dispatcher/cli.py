@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import time
 import json
 import logging
 import os
 import signal
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path

@@ -115,6 +115,10 @@ broadcasts.start_promoter()
 require('node.retention').start({broadcast_days = cfg.broadcast_retention_days,
                                  tombstone_days = cfg.tombstone_retention_days,
                                  dead_letter_days = cfg.dead_letter_retention_days}, cfg.retention_interval_s)
+-- Every node, its own (node-local) letters from before schema version 5.
+if box.space.dead_letter.index.broadcast ~= nil then
+    dead_letters.fill_broadcasts()
+end
 
 -- The stored functions the dispatcher calls, as global `node.*`.
 node = {
@@ -137,6 +141,8 @@ node = {
     progress_many = broadcasts.progress_many,
     push_enqueue = send_tasks.push,
     dead_letter_list = dead_letters.list,
+    dead_letter_redrive = dead_letters.redrive,
+    dead_letter_purge = dead_letters.purge,
     settle = dispatch.settle,
     fanout_step = fanout.step,
     fanout_outbox = fanout.outbox,

@@ -14,6 +14,7 @@ from dispatcher.core.config import Settings
 from dispatcher.node.contract import (
     SCHEMA_VERSION,
     Broadcasts,
+    DeadLetters,
     Fanout,
     Pushes,
     Status,
@@ -21,7 +22,7 @@ from dispatcher.node.contract import (
     connect,
 )
 from dispatcher.node.queue import Queue
-from dispatcher.node.records import Audience, Broadcast, Orphan, Registration, Step, Subscriber
+from dispatcher.node.records import Audience, Broadcast, Orphan, Registration, Scope, Step, Subscriber
 from dispatcher.node.store import Store
 from dispatcher.node.tasks import SendTask
 from dispatcher.work.settle import ack, bury, release
@@ -109,14 +110,21 @@ async def test_every_wrapper_against_a_real_node(settings: Settings, store: Stor
     sent.attempt, sent.suspect = 2, True
     items = [release(android[0].id, b.id, "retries", 60, sent.retry()), bury(android[1].id, b.id, "no good")]
     assert await pushes.settle("android", items) == []
-    [letter] = await pushes.dead_letters(10)
-    assert letter[3] == "no good" and letter[4]["task"] == list(android[1].data)
+    letters = DeadLetters(store)
+    [letter] = (await letters.list(limit=10)).letters
+    assert (letter.reason, letter.broadcast, letter.task_id) == ("no good", b.id, android[1].id)
+    assert letter.task is not None and letter.task.token == SendTask.from_wire(android[1].data).token
     retried = SendTask.from_wire((await queue.tube("android").peek(android[0].id)).data)
     assert (retried.attempt, retried.suspect) == (2, True)
 
     assert await pushes.enqueue([apns_token(1), "nobody"], {"message": {"title": "hi"}}, 30) == 1
     [one_off] = await queue.tube("ios").take_many(10)
     assert SendTask.from_wire(one_off.data).kind == "m"
+
+    redriven = await letters.redrive(Scope(ids=(letter.id,)), default_ttl_s=60)
+    assert (redriven.redriven, redriven.missing) == (1, [])
+    assert (await letters.purge(Scope(ids=(letter.id,)))).missing == [letter.id], "re-driven: no longer a letter"
+    assert (await letters.list(Scope(broadcast=b.id))).letters == []
 
     cancelled = await broadcasts.cancel(b.id)
     assert cancelled.state == "cancelled" and cancelled.finished is not None and cancelled.finished <= time.time()

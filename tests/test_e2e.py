@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 
 from dispatcher.fakes.faults import Faults
-from dispatcher.node.contract import Pushes
+from dispatcher.node.contract import DeadLetters
 from dispatcher.service import Dispatcher
 from tests.conftest import apns_token, fcm_token
 from tests.e2e import ADMIN, BACKEND, MESSAGE, Client, register, settings_for, start_broadcast, wait_done
@@ -79,8 +79,8 @@ async def test_a_push_that_always_fails_is_buried_after_the_retry_deadline(tmp_p
         assert d.fakes.apns.counters.requests >= 2
         stats = await d.queue.tube("ios").statistics()
         assert stats["tasks"]["buried"] == 1
-        letters = await Pushes(d.store).dead_letters(10)
-        assert len(letters) == 1 and letters[0][3].startswith("retry deadline passed: ServiceUnavailable")
+        letters = (await DeadLetters(d.store).list(limit=10)).letters
+        assert len(letters) == 1 and letters[0].reason.startswith("retry deadline passed: ServiceUnavailable")
     finally:
         await d.stop()
 

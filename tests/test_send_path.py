@@ -19,8 +19,8 @@ from dispatcher.core import metrics
 from dispatcher.core.config import ApnsSettings, AppSettings, FcmSettings
 from dispatcher.core.errors import ConfigError
 from dispatcher.fakes.faults import Faults
-from dispatcher.node.contract import Pushes
-from dispatcher.node.records import Registration
+from dispatcher.node.contract import DeadLetters
+from dispatcher.node.records import DeadLetter, Registration
 from dispatcher.service import Dispatcher
 from tests.admin import console
 from tests.conftest import apns_token, fcm_token
@@ -48,9 +48,8 @@ async def device_count(node: Dispatcher) -> int:
             return count
 
 
-async def dead_letters(node: Dispatcher) -> list[Any]:
-    letters: list[Any] = await Pushes(node.store).dead_letters(100)
-    return letters
+async def dead_letters(node: Dispatcher) -> list[DeadLetter]:
+    return (await DeadLetters(node.store).list(limit=100)).letters
 
 
 async def buried(node: Dispatcher) -> int:
@@ -192,7 +191,7 @@ async def test_a_malformed_task_is_buried_and_the_rest_delivered_once(apps_node:
     assert done["progress"]["delivered"] == 400
     assert max(node.fakes.apns.counters.accepted.values()) == 1 and len(node.fakes.apns.counters.accepted) == 200
     await eventually(lambda: _buried_is(node, 3), what="three tasks buried")
-    reasons = sorted(letter[3] for letter in await dead_letters(node))
+    reasons = sorted(letter.reason for letter in await dead_letters(node))
     assert len(reasons) == 3 and sum(r.startswith("malformed task") for r in reasons) == 2, reasons
     assert any(r.startswith("message no longer valid") for r in reasons), reasons
     assert len({r.token for r in regs}) == 400

@@ -2,7 +2,7 @@
 /v1/openapi.json and a documentation page at /v1/docs.
 
 Keys and scopes: "backend" registers devices and sends one-off pushes,
-"admin" runs broadcasts. Every bad input is a 4xx naming the field at
+"admin" runs broadcasts and handles dead letters. Every bad input is a 4xx naming the field at
 fault; a full node answers 429 with Retry-After; slow clients are dropped.
 
 - models.py: the rules for each input, request and response models

@@ -25,11 +25,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     WithJsonSchema,
     model_validator,
 )
 
 from dispatcher.gateways.messages import Message
+from dispatcher.node.records import MAX_ID, MAX_LIMIT
 
 Platform = Literal["ios", "android"]
 PLATFORMS: tuple[Platform, ...] = ("ios", "android")
@@ -63,6 +65,11 @@ IDEMPOTENCY_KEY = r"^[!-~]([ -~]*[!-~])?$"
 MAX_IDEMPOTENCY_KEY = 200
 BROADCAST_ID = r"^b_[0-9a-f]{24}$"
 MAX_TTL_S = 28 * 86400
+# A one-off push's ttl_s when none is given (and a re-driven one's).
+PUSH_TTL_S = 3600
+# A dead letter's reason as a filter: ours stay far shorter (send.py cuts
+# an error to 300 characters).
+MAX_REASON = 1000
 # How far `send_at` may lie from now: a little in the past (clocks differ,
 # a retry comes late: such a broadcast starts at once), at most 30 days ahead.
 SEND_AT_PAST_S = 3600
@@ -183,7 +190,7 @@ class PushIn(BaseModel):
     user_id: str | None = _text(128, None)
     token: str | None = Field(None, min_length=1, max_length=4096, pattern=ANY_TOKEN)
     message: Message
-    ttl_s: JsonInt = Field(3600, ge=1, le=MAX_TTL_S)
+    ttl_s: JsonInt = Field(PUSH_TTL_S, ge=1, le=MAX_TTL_S)
     collapse_key: CollapseKey | None = None
 
     @model_validator(mode="after")
@@ -225,6 +232,47 @@ class BroadcastIn(BaseModel):
             problem = "give send_at or local_time, not both"
             raise InvalidFields([("send_at", problem), ("local_time", problem)])
         return self
+
+
+# Bounds ahead of the validator, so that the schema states them (also
+# under `| None` and in arrays).
+LetterId = Annotated[int, Field(ge=1, lt=MAX_ID), BeforeValidator(_json_int)]
+TtlS = Annotated[int, Field(ge=1, le=MAX_TTL_S), BeforeValidator(_json_int)]
+_SCOPE_FIELDS = ("ids", "broadcast", "reason", "all")
+
+
+class DeadLettersIn(BaseModel):
+    """Which of this node's dead letters: those of `ids` that match the other
+    filters, or every letter of the filters; everything only with
+    `all: true`. At most `limit` a call, newest first, from `before` down."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        # At least one names the letters (null counts as absent).
+        "anyOf": [{"required": ["ids"], "properties": {"ids": {"type": "array"}}},
+                  {"required": ["broadcast"], "properties": {"broadcast": {"type": "string"}}},
+                  {"required": ["reason"], "properties": {"reason": {"type": "string"}}},
+                  {"required": ["all"], "properties": {"all": {"const": True}}}],
+    })
+
+    ids: list[LetterId] | None = Field(None, min_length=1, max_length=MAX_LIMIT,
+                                       description="These letters (limit does not apply)")
+    broadcast: str | None = Field(None, pattern=BROADCAST_ID, description="The letters of this broadcast")
+    reason: str | None = Field(None, min_length=1, max_length=MAX_REASON, description="Those with this reason")
+    all: StrictBool | None = Field(None, description="true: every letter, when nothing else names them")
+    before: LetterId | None = Field(None, description="Only letters older than this id: a call's next_before")
+    limit: JsonInt = Field(MAX_LIMIT, ge=1, le=MAX_LIMIT, description="Letters a call takes at most")
+
+    @model_validator(mode="after")
+    def _named(self) -> DeadLettersIn:
+        if not (self.ids or self.broadcast or self.reason or self.all):
+            problem = "name the letters: ids, broadcast, reason, or all: true"
+            raise InvalidFields([(name, problem) for name in _SCOPE_FIELDS])
+        return self
+
+
+class RedriveIn(DeadLettersIn):
+    ttl_s: TtlS | None = Field(None, description=(
+        f"How long each push may wait from now; default: its broadcast's ttl_s, {PUSH_TTL_S} for a one-off push"))
 
 
 # --- responses ---
@@ -300,3 +348,33 @@ class ReadyOut(BaseModel):
     ready: bool
     peers_alive: list[str] | None = Field(None, description="Peers whose Tarantool this node reaches (a cluster)")
     why: str | None = Field(None, description="Why not ready")
+
+
+class DeadLetterOut(BaseModel):
+    id: int = Field(description="Its id on this node")
+    created: float = Field(description="Epoch seconds")
+    tube: str = Field(description="The send tube it came from: its platform")
+    reason: str = Field(description="Why it was given up on: the gateway's reason, or ours")
+    broadcast: str | None = Field(description="Its broadcast; null for a one-off push")
+    token: str | None = Field(description="The device token; null when its task was malformed")
+    app: str | None
+    attempt: int | None = Field(description="Retries made before it was given up on")
+    redrivable: bool = Field(description="false: a malformed task, which a re-drive leaves as it is")
+
+
+class DeadLetterListOut(BaseModel):
+    dead_letters: list[DeadLetterOut]
+    next_before: int | None = Field(description="More below: the next page's `before`; null on the last page")
+
+
+class RedriveOut(BaseModel):
+    redriven: int = Field(description="Pushes put back into their tubes, as fresh tasks")
+    unsendable: list[int] = Field(description="Letters left as they are: their task is malformed")
+    missing: list[int] = Field(description="Ids not found (or not matching the filters)")
+    next_before: int | None = Field(description="More of the scope below: call again with it as `before`")
+
+
+class PurgeOut(BaseModel):
+    purged: int
+    missing: list[int] = Field(description="Ids not found (or not matching the filters)")
+    next_before: int | None = Field(description="More of the scope below: call again with it as `before`")

@@ -23,10 +23,11 @@ RESPONSE_HEADERS = {
     "WWW-Authenticate": {"description": "The scheme to authenticate with", "schema": {"type": "string"}},
 }
 DESCRIPTION = f"""Push notifications to iOS (APNs) and Android (FCM) devices: device registrations,
-one-off pushes, broadcasts.
+one-off pushes, broadcasts, dead letters.
 
 Keys: `Authorization: Bearer <key>`; scope *backend* for devices and pushes, *admin* for
-broadcasts. `/metrics`, `/healthz`, `/readyz` and this documentation are public.
+broadcasts and dead letters (each node keeps its own: ask the node). `/metrics`, `/healthz`,
+`/readyz` and this documentation are public.
 
 Bodies are JSON in UTF-8, at most {MAX_BODY_BYTES // 1024} KiB, nested at most {MAX_DEPTH} deep, integers of
 at most {MAX_INT_DIGITS} digits. Every 4xx names the fields at fault. A full node answers 429 with

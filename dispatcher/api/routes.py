@@ -15,7 +15,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -31,27 +31,44 @@ from dispatcher.api.models import (
     BROADCAST_ID,
     IDEMPOTENCY_KEY,
     MAX_IDEMPOTENCY_KEY,
+    MAX_REASON,
+    PUSH_TTL_S,
     TOKEN_PATTERNS,
     TOKEN_RULES,
     BroadcastIn,
     BroadcastListOut,
     BroadcastOut,
+    DeadLetterListOut,
+    DeadLettersIn,
     DeviceIn,
     DeviceOut,
     ErrorOut,
     HealthOut,
+    PurgeOut,
     PushIn,
     PushOut,
     ReadyOut,
+    RedriveIn,
+    RedriveOut,
 )
 from dispatcher.api.pressure import ROW_OVERHEAD_BYTES, Pressure
 from dispatcher.api.problems import ApiError, for_exception, invalid
 from dispatcher.core import metrics
 from dispatcher.core.config import ApiSettings
 from dispatcher.core.errors import StoreError
-from dispatcher.node.contract import Broadcasts, Pushes, Status, Subscribers
+from dispatcher.node.contract import Broadcasts, DeadLetters, Pushes, Status, Subscribers
 from dispatcher.node.queue import Queue
-from dispatcher.node.records import COUNTERS, SETTLED, Broadcast, Registration, Subscriber, broadcast_id
+from dispatcher.node.records import (
+    COUNTERS,
+    MAX_ID,
+    SETTLED,
+    Broadcast,
+    DeadLetter,
+    Registration,
+    Scope,
+    Subscriber,
+    broadcast_id,
+)
 from dispatcher.node.tasks import SendBacklog
 from dispatcher.work.fanout import zones_for
 from dispatcher.work.peers import Peers
@@ -140,6 +157,7 @@ class Api:
         self.broadcasts = broadcasts
         self.pushes = Pushes(queue.store)
         self.status = Status(queue.store)
+        self.dead_letters = DeadLetters(queue.store)
         self.pressure = Pressure(self.status, SendBacklog(queue, max_age_s=1.0), settings.queue_limit,
                                  settings.memory_limit_share, memtx_quota_bytes, settings.retry_after_s)
         self.guard = ConnectionGuard(settings.header_timeout_s, settings.max_connections)
@@ -286,6 +304,28 @@ class Api:
         metrics.BROADCASTS.labels("cancelled").inc()
         return web.json_response(await self._status(broadcast))
 
+    # --- dead letters: this node's own (node-local) ---
+
+    async def list_dead_letters(self, request: web.Request, args: Args) -> web.StreamResponse:
+        p = args.params
+        page = await self.dead_letters.list(Scope(broadcast=p["broadcast"], reason=p["reason"]), p["before"],
+                                            p["limit"])
+        return web.json_response({"dead_letters": [_dead_letter(d) for d in page.letters],
+                                  "next_before": page.next_before})
+
+    async def redrive_dead_letters(self, request: web.Request, args: Args) -> web.StreamResponse:
+        body = args.model(RedriveIn)
+        await self.pressure.admit(0, tasks=len(body.ids) if body.ids else body.limit)
+        done = await self.dead_letters.redrive(_scope(body), PUSH_TTL_S, body.ttl_s, body.before, body.limit)
+        metrics.DEAD_LETTERS_HANDLED.labels("redriven").inc(done.redriven)
+        return web.json_response(asdict(done))
+
+    async def purge_dead_letters(self, request: web.Request, args: Args) -> web.StreamResponse:
+        body = args.model(DeadLettersIn)
+        done = await self.dead_letters.purge(_scope(body), body.before, body.limit)
+        metrics.DEAD_LETTERS_HANDLED.labels("purged").inc(done.purged)
+        return web.json_response(asdict(done))
+
     # --- monitoring: public, and a fixed number of store calls per request
     # whatever the load (concurrent requests share one round) ---
 
@@ -357,6 +397,17 @@ def _device(s: Subscriber) -> dict[str, Any]:
             "topics": list(s.topics), "tz": s.tz, "locale": s.locale}
 
 
+def _dead_letter(d: DeadLetter) -> dict[str, Any]:
+    task = d.task
+    return {"id": d.id, "created": d.created, "tube": d.tube, "reason": d.reason, "broadcast": d.broadcast,
+            "token": task and task.token, "app": task and task.app, "attempt": task and task.attempt,
+            "redrivable": task is not None}
+
+
+def _scope(body: DeadLettersIn) -> Scope:
+    return Scope(tuple(body.ids or ()), body.broadcast, body.reason, bool(body.all))
+
+
 def curl_example(base_url: str, key: str) -> str:
     """A command that starts a broadcast to the demo app, as the banners print it."""
     spec = '{"message": {"title": "Hello", "body": "from the dispatcher"}, "audience": {"app": "news"}}'
@@ -376,6 +427,15 @@ LIMIT = Param("limit", "query", "integer", "How many, newest first", required=Fa
               minimum=1, maximum=500)
 BEFORE = Param("before", "query", "number", "Only those created before this time (epoch seconds)",
                required=False, minimum=0, maximum=1e11)
+
+DEAD_LETTERS_BY = (
+    Param("broadcast", "query", "string", "Only this broadcast's letters", required=False, pattern=BROADCAST_ID),
+    Param("reason", "query", "string", "Only letters with this reason", required=False, min_length=1,
+          max_length=MAX_REASON),
+    Param("before", "query", "integer", "Only letters older than this id: the last page's next_before",
+          required=False, minimum=1, maximum=MAX_ID - 1),
+    LIMIT,
+)
 
 _TEXT = "text/plain"
 
@@ -413,6 +473,15 @@ ROUTES: tuple[Route, ...] = (
           "Cancel a broadcast: its fan-out stops, its queued pushes are dropped", Api.cancel_broadcast,
           {200: Answer("The broadcast, cancelled", BroadcastOut), 404: Answer("No such broadcast")},
           scope="admin", params=(BROADCAST,)),
+    Route("GET", "/v1/dead-letters", "listDeadLetters", "This node's dead letters, newest first",
+          Api.list_dead_letters, {200: Answer("The letters", DeadLetterListOut)}, scope="admin",
+          params=DEAD_LETTERS_BY),
+    Route("POST", "/v1/dead-letters/redrive", "redriveDeadLetters",
+          "Send this node's dead letters again: each push back into its tube as a fresh task, its letter gone",
+          Api.redrive_dead_letters, {200: Answer("What was re-driven", RedriveOut)}, scope="admin", body=RedriveIn,
+          writes=True),
+    Route("POST", "/v1/dead-letters/purge", "purgeDeadLetters", "Delete this node's dead letters",
+          Api.purge_dead_letters, {200: Answer("What was purged", PurgeOut)}, scope="admin", body=DeadLettersIn),
     Route("GET", "/metrics", "metrics", "Prometheus metrics", Api.metrics,
           {200: Answer("Metrics in Prometheus' text format", media_type=_TEXT)}, store_errors=False),
     Route("GET", "/healthz", "healthz", "Liveness", Api.healthz, {200: Answer("Alive", HealthOut)},

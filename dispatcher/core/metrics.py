@@ -16,6 +16,8 @@ DEAD_TOKENS = Counter("dispatcher_dead_tokens_removed_total", "Devices removed o
                       ["platform"])
 DEAD_LETTERS = Counter("dispatcher_dead_letters_total", "Pushes given up on (permanent or retries spent)",
                        ["platform"])
+DEAD_LETTERS_HANDLED = Counter("dispatcher_dead_letters_handled_total",
+                               "Dead letters re-driven or purged by operators (the API)", ["action"])
 EXPIRED = Counter("dispatcher_expired_total", "Pushes dropped unsent because their ttl had passed", ["platform"])
 QUEUE_DEPTH = Gauge("dispatcher_queue_tasks", "Tasks in the node's tubes by state", ["tube", "state"])
 TARANTOOL_MEMORY = Gauge("dispatcher_tarantool_memory_bytes", "The node's Tarantool memory by kind", ["kind"])
@@ -54,6 +56,8 @@ for _platform in ("ios", "android"):
     for _metric in (GATEWAY_LATENCY, IN_FLIGHT, RETRIES, DEAD_TOKENS, DEAD_LETTERS, EXPIRED, ENQUEUED):
         _metric.labels(_platform)
 FANOUT_TAKEN_OVER.labels("node_down")
+for _action in ("redriven", "purged"):
+    DEAD_LETTERS_HANDLED.labels(_action)
 for _event in ("created", "started", "fanned_out", "cancelled"):
     BROADCASTS.labels(_event)
 for _tube in ("ios", "android", "fanout"):

@@ -12,20 +12,27 @@ from typing import Any
 
 from dispatcher.core.errors import NodeMisconfigured, StoreFailed
 from dispatcher.node.records import (
+    MAX_LIMIT,
     Audience,
     Broadcast,
     Cursor,
+    DeadLetter,
     Forward,
     Orphan,
+    Page,
+    Purged,
+    Redriven,
     Registration,
+    Scope,
     Step,
     Subscriber,
     broadcast_id,
+    given,
 )
 from dispatcher.node.store import Store
 
 # The node's Lua schema version this code expects (lua/node/schema.lua).
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 async def connect(store: Store) -> dict[str, Any]:
@@ -176,10 +183,37 @@ class Pushes:
         skipped: list[int] = await _one(self._store, "node.settle", tube, items)
         return skipped
 
-    async def dead_letters(self, limit: int) -> list[list[Any]]:
-        """The newest dead letters of this node: [id, created_ms, tube, reason, data]."""
-        letters: list[list[Any]] = await _one(self._store, "node.dead_letter_list", limit)
-        return letters
+
+
+class DeadLetters:
+    """The pushes this node gave up on (node-local), for operators: a call
+    takes at most MAX_LIMIT letters, newest first, in one transaction, and
+    says where to go on (``next_before``)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def list(self, scope: Scope | None = None, before: int | None = None, limit: int = 50) -> Page:
+        """Letters of ``scope`` (default: all), newest first, below ``before``."""
+        m = await self._call("node.dead_letter_list", scope or Scope(), {"before": before, "limit": limit})
+        return Page([DeadLetter.from_map(letter) for letter in m["letters"]], m["next"])
+
+    async def redrive(self, scope: Scope, default_ttl_s: float, ttl_s: float | None = None,
+                      before: int | None = None, limit: int = MAX_LIMIT) -> Redriven:
+        """Puts each letter's push back into its tube as a fresh task (no
+        attempt made), living ``ttl_s`` from now, else its broadcast's
+        ttl_s, else ``default_ttl_s``; the letters go."""
+        m = await self._call("node.dead_letter_redrive", scope, {"before": before, "limit": limit, "ttl_s": ttl_s,
+                                                                  "default_ttl_s": default_ttl_s})
+        return Redriven(m["redriven"], m["unsendable"], m["missing"], m["next"])
+
+    async def purge(self, scope: Scope, before: int | None = None, limit: int = MAX_LIMIT) -> Purged:
+        m = await self._call("node.dead_letter_purge", scope, {"before": before, "limit": limit})
+        return Purged(m["purged"], m["missing"], m["next"])
+
+    async def _call(self, function: str, scope: Scope, opts: dict[str, Any]) -> dict[str, Any]:
+        answer: dict[str, Any] = (await self._store.call(function, (scope.wire(), given(opts))))[0]
+        return answer
 
 
 class Fanout:

@@ -8,6 +8,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from dispatcher.node.tasks import SendTask
+
 Platform = Literal["ios", "android"]
 # A position in the audience's (user_id, token) order.
 Cursor = tuple[str, str]
@@ -131,3 +133,75 @@ class Orphan:
     data: dict[str, Any]
     node: str
     due: float
+
+
+# Letters a call takes at most (MAX_LIMIT in lua/node/dead_letters.lua).
+MAX_LIMIT = 1000
+# Letter ids stay below this: Tarantool hands integers from 1e14 on to Lua
+# as cdata, which its checks refuse.
+MAX_ID = 10**14
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Which letters: those of ``ids`` (when given) that match the filters,
+    or every letter of the filters. A re-drive or a purge of every letter
+    must say ``all``; a listing with no filter lists them all."""
+
+    ids: tuple[int, ...] = ()
+    broadcast: str | None = None
+    reason: str | None = None
+    all: bool = False
+
+    def wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"broadcast": self.broadcast, "reason": self.reason}
+        if self.ids:
+            out["ids"] = list(self.ids)
+        if self.all:
+            out["all"] = True
+        return given(out)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: int
+    created: float  # epoch seconds
+    tube: str  # the send tube: its platform
+    reason: str
+    broadcast: str | None  # None: a one-off push
+    task_id: int | None  # its task, buried in the tube
+    task: SendTask | None  # None: not a send task (a malformed one was buried)
+
+    @classmethod
+    def from_map(cls, m: dict[str, Any]) -> DeadLetter:
+        try:
+            task: SendTask | None = SendTask.from_wire(m["task"])
+        except ValueError:
+            task = None
+        return cls(m["id"], m["created_ms"] / 1000, m["tube"], m["reason"], m["broadcast"], m["task_id"], task)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    letters: list[DeadLetter]
+    next_before: int | None  # more below: ask again with before=next_before
+
+
+@dataclass(frozen=True, slots=True)
+class Redriven:
+    redriven: int
+    unsendable: list[int]  # letters left as they were: no send task to send
+    missing: list[int]  # ids not found (in the scope)
+    next_before: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    purged: int
+    missing: list[int]
+    next_before: int | None
+
+
+def given(m: dict[str, Any]) -> dict[str, Any]:
+    """Without the keys whose value is None (absent, to the Lua side)."""
+    return {k: v for k, v in m.items() if v is not None}

@@ -26,6 +26,13 @@ M.FANOUT_OUTBOX = {id = 1, to = 2, broadcast_id = 3, due = 4, data = 5}
 -- everything), whatever their clocks.
 M.BROADCAST_STATES = {scheduled = 1, running = 2, fanned_out = 3, done = 4, cancelled = 5}
 
+M.DEAD_LETTER = {id = 1, created = 2, tube = 3, reason = 4, data = 5, broadcast = 6}
+-- A send task's fields (built by send_tasks.lua, read by
+-- dispatcher/node/tasks.py): not a space, but kept with the tubes and the
+-- dead letters that hold it.
+M.SEND_TASK = {kind = 1, ref = 2, token = 3, platform = 4, expires_at = 5, attempt = 6, first_attempt_at = 7,
+               app = 8, suspect = 9}
+
 -- Replicated spaces and where their version lives (see versioned.lua).
 M.VERSIONED = {
     subscriber = {updated = M.SUBSCRIBER.updated, origin = M.SUBSCRIBER.origin},
@@ -213,6 +220,29 @@ migrations[5] = function()
         },
     })
     o:create_index('id', {parts = {{'id', 'unsigned'}}, if_not_exists = true})
+end
+
+-- Dead letters get their broadcast (nil for a one-off push) as a field of
+-- their own, and an index per way operators look them up, newest first:
+-- by broadcast, by reason, by both. Ids grow with time (see
+-- dead_letters.put_many), so the primary key is already the creation
+-- order that listing and retention walk. The rows from before are node-local,
+-- which only their own node can write: each fills them in at its start
+-- (dead_letters.fill_broadcasts), not this migration, which only the
+-- schema owner runs.
+migrations[6] = function()
+    local d = box.space.dead_letter
+    local format = d:format()
+    if #format < M.DEAD_LETTER.broadcast then
+        table.insert(format, {name = 'broadcast', type = 'string', is_nullable = true})
+        d:format(format)
+    end
+    local id = {'id', 'unsigned'}
+    local broadcast = {'broadcast', 'string', is_nullable = true}
+    local reason = {'reason', 'string'}
+    d:create_index('broadcast', {parts = {broadcast, id}, if_not_exists = true})
+    d:create_index('reason', {parts = {reason, id}, if_not_exists = true})
+    d:create_index('broadcast_reason', {parts = {broadcast, reason, id}, if_not_exists = true})
 end
 
 function M.version()

@@ -11,8 +11,7 @@ local errors = require('node.errors')
 local schema = require('node.schema')
 
 local S = schema.SUBSCRIBER
-local F = {kind = 1, ref = 2, token = 3, platform = 4, expires_at = 5, attempt = 6, first_attempt_at = 7,
-           app = 8, suspect = 9}
+local F = schema.SEND_TASK
 
 local M = {FIELDS = F}
 
@@ -31,6 +30,14 @@ function M.retried(data, retry)
     for i = #t + 1, F.suspect do -- tasks queued by an older release are shorter
         t[i] = i == F.suspect and false or box.NULL
     end
+    return t
+end
+
+-- The task as a fresh one (a dead letter re-driven): no attempt made, not
+-- suspect, expiring at `expires_at`.
+function M.fresh(data, expires_at)
+    local t = M.retried(data, {attempt = 0, first_attempt_at = 0, suspect = false})
+    t[F.expires_at] = expires_at
     return t
 end
 
