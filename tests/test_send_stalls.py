@@ -146,11 +146,11 @@ async def test_a_gateway_refusing_connections_gets_few_attempts(tmp_path: Path) 
 
 
 async def test_a_failed_fanout_step_is_released_and_retried(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """Tarantool read-only for 3 s while a single node fans out in small
-    pages: steps fail and go back to the queue with backoff (the tube is
-    node-local, so the release itself is written), and the broadcast
-    finishes long before the fan-out tasks' ttr (120 s) could have brought
-    them back."""
+    """Tarantool read-only for 4 s from just before a broadcast's first
+    fan-out step is due: steps fail and go back to the queue with backoff
+    (the tube is node-local, so the release itself is written), and the
+    broadcast finishes long before the fan-out tasks' ttr (120 s) could
+    have brought them back."""
     async with running(settings_for(tmp_path, fanout_page=200, high_water=400)) as node:
         assert node.fakes is not None
         regs = await register(node, 10_000)
@@ -158,10 +158,10 @@ async def test_a_failed_fanout_step_is_released_and_retried(tmp_path: Path, capl
         node.fakes.fcm.faults.set(Faults(slow_share=1.0, slow_s=0.05))
         async with aiohttp.ClientSession() as http:
             api = Client(node, http)
-            started = await start_broadcast(api, "read-only-fanout")
-            await asyncio.sleep(0.5)
+            soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 2))
+            started = await start_broadcast(api, "read-only-fanout", send_at=soon)
             console(node.settings.node.data_dir, "box.cfg{read_only = true}")
-            await asyncio.sleep(3)
+            await asyncio.sleep(4)
             console(node.settings.node.data_dir, "box.cfg{read_only = false}")
             resumed = time.monotonic()
             done = await wait_done(api, started["id"], timeout_s=60)

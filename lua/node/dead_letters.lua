@@ -263,7 +263,7 @@ end
 
 -- A letter's task stays buried in its tube (for its ttl, which send tasks
 -- do not set), where a kick would send it again: it goes with the letter.
-local function drop_buried(t)
+function M.drop_buried(t)
     local tube = queue.tube[t[D.tube]]
     local data = t[D.data]
     local id = type(data) == 'table' and data.task_id
@@ -325,7 +325,7 @@ function M.redrive(scope, opts)
                 local items = puts[t[D.tube]] or {}
                 puts[t[D.tube]] = items
                 table.insert(items, send_tasks.fresh(task, fiber.time() + ttl_for(t, o)))
-                drop_buried(t)
+                M.drop_buried(t)
                 box.space.dead_letter:delete(t[D.id])
                 local b = t[D.broadcast]
                 if b ~= nil then
@@ -352,7 +352,7 @@ function M.purge(scope, opts)
     local letters, next, missing = pick(scope, o.before, limit)
     atomic(function()
         for _, t in ipairs(letters) do
-            drop_buried(t)
+            M.drop_buried(t)
             box.space.dead_letter:delete(t[D.id])
         end
     end)

@@ -5,13 +5,15 @@
 --     (done or cancelled) more than `broadcast_days` ago; the broadcast row
 --     stays, with its final counters (broadcasts.progress reads them);
 --   - device tombstones (removed devices) older than `tombstone_days`;
---   - dead letters older than `dead_letter_days`.
+--   - dead letters older than `dead_letter_days`, with the tasks buried
+--     under them in the send tubes.
 -- Replicated rows are deleted by whichever node gets there first; the
 -- deletes replicate, and a node deleting a row already gone does nothing.
 local fiber = require('fiber')
 local log = require('log')
 local schema = require('node.schema')
 local broadcasts = require('node.broadcasts')
+local dead_letters = require('node.dead_letters')
 local versioned = require('node.versioned')
 local atomic = require('queue.state').atomic
 
@@ -25,8 +27,9 @@ local PAUSE_S = 0.001
 local M = {}
 
 -- Deletes, a transaction per batch, the keys `next_batch()` gives until it
--- gives none. Returns how many rows went.
-local function purge(space, next_batch)
+-- gives none (`before_delete(key)`, if given, runs first for each).
+-- Returns how many rows went.
+local function purge(space, next_batch, before_delete)
     local removed = 0
     while true do
         local keys = next_batch()
@@ -35,6 +38,9 @@ local function purge(space, next_batch)
         end
         atomic(function()
             for _, key in ipairs(keys) do
+                if before_delete ~= nil then
+                    before_delete(key)
+                end
                 space:delete(key)
             end
         end)
@@ -123,16 +129,17 @@ function M.run(cfg, now)
     end
     out.tombstones = purge_tombstones((now - cfg.tombstone_days * DAY_S) * 1e6) -- versions are microseconds
     local letters_before = (now - cfg.dead_letter_days * DAY_S) * 1000 -- created is in milliseconds
-    out.dead_letters = purge(box.space.dead_letter, function()
+    local letters = box.space.dead_letter
+    out.dead_letters = purge(letters, function()
         local keys = {}
-        for _, t in box.space.dead_letter.index.id:pairs() do
+        for _, t in letters.index.id:pairs() do
             if #keys >= BATCH or t[2] >= letters_before then
                 break
             end
             table.insert(keys, t[1])
         end
         return keys
-    end)
+    end, function(id) dead_letters.drop_buried(letters:get(id)) end) -- its task, buried in its tube, too
     return out
 end
 

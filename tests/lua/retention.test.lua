@@ -15,7 +15,6 @@ queue = require('queue')
 schema.migrate()
 local subscribers = require('node.subscribers')
 local broadcasts = require('node.broadcasts')
-local dead_letters = require('node.dead_letters')
 local fanout = require('node.fanout')
 local retention = require('node.retention')
 
@@ -61,7 +60,7 @@ local function run(b, strategy)
 end
 
 local test = tap.test('retention')
-test:plan(8)
+test:plan(9)
 
 for i = 1, BROADCASTS do
     run(string.format('b_%03d', i), i % 2 == 0 and 'cascade' or 'baton')
@@ -77,7 +76,15 @@ test:ok(before.fanout_page > BROADCASTS and before.progress == BROADCASTS, 'mark
 for i = 1, 100 do
     subscribers.remove(string.format('tok-%05d', i))
 end
-dead_letters.put_many({{'ios', 'old', {task = 1}}, {'ios', 'old', {task = 2}}})
+-- Two pushes given up on: dead letters, their tasks buried in the tube.
+local send_tasks = require('node.send_tasks')
+queue.tube.ios:put_many({send_tasks.new('b', 'b_001', 'tok-00002', 'ios', 1e10, 'news'),
+                         send_tasks.new('b', 'b_001', 'tok-00004', 'ios', 1e10, 'news')})
+local given_up = {}
+for _, task in ipairs(queue.tube.ios:take_many(2, 0)) do
+    table.insert(given_up, {task[1], 'bury', box.NULL, box.NULL, {reason = 'BadDeviceToken'}})
+end
+require('node.dispatch').settle('ios', given_up)
 
 local now = fiber.time()
 local out = retention.run(CFG, now)
@@ -101,5 +108,6 @@ test:ok(p.delivered == DEVICES and p.enqueued == DEVICES and p.pending == 0,
         'a finished broadcast still shows its final counters')
 test:is(subscribers.get('tok-00101') ~= nil and box.space.subscriber:len(), DEVICES - 100,
         'live devices stay, tombstones go')
+test:is(queue.tube.ios:statistics().tasks.buried, 0, 'the dead letters\' buried tasks went with them')
 
 helper.finish(test)
