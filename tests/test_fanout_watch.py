@@ -57,7 +57,7 @@ async def test_the_outbox_goes_to_a_live_node_when_its_own_is_down(
     w = worker(settings, store)
     b, _ = await Broadcasts(store).create("forward-1", SPEC, home="node2")
     with caplog.at_level(logging.WARNING):
-        await w._forward()
+        await w._forward(await Fanout(store).outbox(10))
     assert await Fanout(store).outbox(10) == [], "forwarded: the outbox is empty"
     task = await Queue(store).tube("fanout").take(0)
     assert task is not None and task.data["b"] == b.id, "kept here, node2 being down"

@@ -223,15 +223,15 @@ class Fanout:
         self._store = store
 
     async def step(self, *, page_size: int, leaf: int, parts: int, targets: Sequence[str], next_node: str,
-                   high_water: int | None, timeout_s: float) -> Step:
-        """Takes the next fan-out task (waiting up to ``timeout_s``) and runs it."""
+                   high_water: int | None, timeout_s: float, forwards: int = 500) -> Step:
+        """Takes the next fan-out task (waiting up to ``timeout_s``) and runs it;
+        the answer carries the oldest ``forwards`` rows of the outbox."""
         opts = {"page_size": page_size, "leaf": leaf, "parts": parts, "targets": list(targets), "next": next_node,
-                "high_water": high_water, "timeout_s": timeout_s}
+                "high_water": high_water, "timeout_s": timeout_s, "forwards": forwards}
         return Step.from_map(await _one(self._store, "node.fanout_step", opts))
 
     async def outbox(self, limit: int) -> list[Forward]:
-        return [Forward(m["id"], m["to"], m["due"], m["data"])
-                for m in await _one(self._store, "node.fanout_outbox", limit)]
+        return [Forward.from_map(m) for m in await _one(self._store, "node.fanout_outbox", limit)]
 
     async def outbox_done(self, ids: Sequence[int]) -> None:
         await self._store.call("node.fanout_outbox_done", (list(ids),))

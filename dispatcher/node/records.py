@@ -107,12 +107,14 @@ class Step:
     started: bool  # the broadcast went from scheduled to running
     fanned_out: bool  # this step finished the broadcast's fan-out
     outbox: int  # fan-out tasks waiting here for other nodes
+    forwards: list[Forward]  # the oldest of them
     error: str | None
 
     @classmethod
     def from_map(cls, m: dict[str, Any]) -> Step:
         return cls(m["outcome"], m.get("broadcast"), m.get("put") or {}, bool(m.get("started")),
-                   bool(m.get("fanned_out")), m.get("outbox", 0), m.get("error"))
+                   bool(m.get("fanned_out")), m.get("outbox", 0),
+                   [Forward.from_map(f) for f in m.get("forwards") or ()], m.get("error"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +125,10 @@ class Forward:
     to: str
     due: float
     data: dict[str, Any]
+
+    @classmethod
+    def from_map(cls, m: dict[str, Any]) -> Forward:
+        return cls(m["id"], m["to"], m["due"], m["data"])
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,10 +94,10 @@ class FanoutWorker:
                 step = await self.fanout.step(page_size=self.page_size, leaf=self.page_size,
                                               parts=self.cascade_parts, targets=self._targets(),
                                               next_node=self._next(), high_water=self.high_water,
-                                              timeout_s=TAKE_WAIT_S)
+                                              timeout_s=TAKE_WAIT_S, forwards=FORWARD_BATCH)
                 self._count(step)
-                if step.outbox:
-                    await self._forward()
+                if step.forwards:
+                    await self._forward(step.forwards)
                 if self.peers is not None and time.monotonic() >= next_watch:
                     next_watch = time.monotonic() + self.baton_silence_s / 3
                     await self._watch()
@@ -131,12 +131,12 @@ class FanoutWorker:
         alive = set(self.peers.alive())
         return [self.me] + [n for n in ring[start + 1:] + ring[:start] if n in alive]
 
-    async def _forward(self) -> None:
-        """Sends the outbox on, a batch per node: to the node each task was
-        meant for, or the next live one, or keeps it here when no peer
-        answers."""
+    async def _forward(self, waiting: list[Forward]) -> None:
+        """Sends rows of the outbox on (every step's answer carries the
+        oldest), a batch per node: to the node each task was meant for, or
+        the next live one, or keeps them here when no peer answers."""
         by_target: dict[str, list[Forward]] = {}
-        for forward in await self.fanout.outbox(FORWARD_BATCH):
+        for forward in waiting:
             by_target.setdefault(self._target(forward), []).append(forward)
         for target, forwards in by_target.items():
             where = self.fanout if target == self.me or self.peers is None else Fanout(self.peers.store(target))

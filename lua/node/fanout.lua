@@ -298,8 +298,8 @@ end
 -- which fan-out waits). Returns a map: outcome ('idle', 'done',
 -- 'dropped', 'not_here', 'backlog', 'failed'), broadcast, put (send
 -- tasks per platform), started (it went running), fanned_out (this step
--- finished its fan-out, as this node sees it), error, and outbox (rows
--- waiting to be forwarded).
+-- finished its fan-out, as this node sees it), error, outbox (rows
+-- waiting to be forwarded) and forwards (the oldest opts.forwards of them).
 function M.step(opts)
     check_step_opts(opts)
     for id, delay in pairs(table.copy(unreleased)) do
@@ -321,6 +321,10 @@ function M.step(opts)
         end
     end
     result.outbox = box.space.fanout_outbox:len()
+    if result.outbox > 0 then
+        -- The rows themselves, so that forwarding them needs no call of its own.
+        result.forwards = M.outbox(opts.forwards or 500)
+    end
     return result
 end
 
