@@ -363,7 +363,7 @@ test:test('the queue refuses with coded errors: a bad argument, a task not held'
     t:is(code(tube.put, tube, 'x', 'not a map'), 10001, 'options not a map')
     t:is(code(tube.put_many, tube, 'not an array'), 10001, 'put_many of a non-array')
     t:is(code(tube.take_many, tube, 0, 0), 10001, 'bad count')
-    t:is(code(tube.touch, tube, 1, 0), 10001, 'touch by nothing')
+    t:is(code(tube.touch, tube, 1, -1), 10001, 'touch by a negative increment (0 does nothing, as in tarantool/queue)')
     t:is(code(tube.peek, tube, 424242), 10001, 'peek of a task that does not exist')
     t:is(code(queue.create_tube, 'bad name!', 'fifottl'), 10001, 'bad tube name')
     t:is(code(queue.statistics, 'no_such_tube'), 10001, 'statistics of no tube')
