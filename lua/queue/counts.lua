@@ -1,23 +1,33 @@
 -- Counts of a built-in tube's tasks by status on disk, kept as tasks are
--- written, so that statistics never walks an index: an on_replace trigger
--- on the tube's space moves each written task from its old status to its
--- new one (whatever wrote it: the tube, its watcher, the console), and a
--- rollback takes back what its transaction counted. The counts are made by
--- walking the index only when the tube opens (start or restart) and in the
--- rare cases listed at recount.
+-- written, so that statistics never walks an index. Every write is
+-- counted, whoever makes it: an on_replace trigger on the tube's space
+-- counts the writes of anyone else (the console, replication); the tube's
+-- own code switches the trigger off around its writes and counts them
+-- itself (_quietly), because a Lua trigger costs about 1 us a row and stops
+-- LuaJIT compiling any loop that writes. A rollback takes back what its
+-- transaction counted (queue.state.on_end). The counts are made by walking
+-- the index only when the tube opens (start or restart) and in the rare
+-- cases listed at _recount.
 --
 -- Methods of the tube (queue/tube.lua mixes them in).
-local fiber = require('fiber')
+local ffi = require('ffi')
 local log = require('log')
+local state = require('queue.state')
 local drivers = require('queue.drivers')
 
-local F_STATUS = drivers.F_STATUS
+pcall(ffi.cdef, 'int64_t box_txn_id(void);')
+local C = ffi.C
+
+local F_ID, F_STATUS = drivers.F_ID, drivers.F_STATUS
 
 local M = {}
 
 -- Starts counting: counts made afresh, then kept, with no yield between.
+--   pending[delta]  transactions open that counted here, with what they
+--                   counted; taken back if one rolls back
 function M._start_counting(self)
     self.counts, self.pending, self.recounts, self.stale = {}, {}, 0, false
+    self.quiet, self.delta, self.delta_txn = false, nil, nil
     self:_recount()
     self.counter = function(old, new) self:_count(old, new) end
     self.space:on_replace(self.counter)
@@ -27,55 +37,84 @@ function M._stop_counting(self)
     self.space:on_replace(nil, self.counter)
 end
 
--- The on_replace trigger. The first change of a transaction arms its
--- commit and rollback triggers (closures, once a transaction, not once a
--- task), so a rollback (box.atomic that raised, a failed WAL write, a
--- yield inside a transaction) takes back exactly what it counted. A
--- rollback also forgets where takes start (scan_from): a task it brings
--- back may lie before it.
+-- The on_replace trigger: a write by anyone but the tube itself.
 function M._count(self, old, new)
     if new ~= nil then
-        local id = new[1]
+        local id = new[F_ID]
         -- A task written by replication (a replicated tube) moves ids on too.
         if id >= self.next_id then
             self.next_id = id + 1
         end
     end
-    local from = old ~= nil and old[F_STATUS] or nil
-    local to = new ~= nil and new[F_STATUS] or nil
-    if from == to then
-        return
-    end
-    local fid = fiber.id()
-    local delta = self.pending[fid]
-    if delta == nil then
-        delta = {}
-        self.pending[fid] = delta
-        box.on_commit(function() self.pending[fid] = nil end)
-        box.on_rollback(function() self:_undo(fid) end)
-    end
-    local counts = self.counts
-    if from ~= nil then
-        counts[from] = (counts[from] or 0) - 1
-        delta[from] = (delta[from] or 0) - 1
-    end
-    if to ~= nil then
-        counts[to] = (counts[to] or 0) + 1
-        delta[to] = (delta[to] or 0) + 1
-    end
+    self:_moved(old ~= nil and old[F_STATUS] or nil, new ~= nil and new[F_STATUS] or nil)
 end
 
-function M._undo(self, fid)
-    self.scan_from = nil
-    local delta = self.pending[fid]
-    self.pending[fid] = nil
-    if delta == nil then
+local function ended(self, delta, committed)
+    self.pending[delta] = nil
+    if self.delta == delta then
+        self.delta, self.delta_txn = nil, nil
+    end
+    if committed then
         return
     end
+    -- A task the rollback brings back may lie before where takes start.
+    self.scan_from = nil
     local counts = self.counts
     for status, n in pairs(delta) do
         counts[status] = (counts[status] or 0) - n
     end
+end
+
+-- A task went from status `from` to `to` (nil: no task). What a
+-- transaction counts is noted once a transaction, to take back should it
+-- roll back (a failed box.atomic, a failed WAL write, a yield inside it).
+function M._moved(self, from, to)
+    if from == to then
+        return
+    end
+    local counts = self.counts
+    if from ~= nil then
+        counts[from] = (counts[from] or 0) - 1
+    end
+    if to ~= nil then
+        counts[to] = (counts[to] or 0) + 1
+    end
+    local txn = tonumber(C.box_txn_id())
+    if txn < 0 then
+        return  -- a single statement, committed already
+    end
+    local delta = self.delta
+    if txn ~= self.delta_txn then
+        delta = {}
+        self.delta, self.delta_txn = delta, txn
+        self.pending[delta] = true
+        state.on_end(ended, self, delta)
+    end
+    if from ~= nil then
+        delta[from] = (delta[from] or 0) - 1
+    end
+    if to ~= nil then
+        delta[to] = (delta[to] or 0) + 1
+    end
+end
+
+-- Runs fn(self, a, b, c), which writes the tube and counts what it writes
+-- (self.quiet), with the trigger off. Only inside a transaction and never
+-- on vinyl: then nothing yields before the trigger is back, so no other
+-- fiber's write can pass uncounted.
+function M._quietly(self, fn, a, b, c)
+    if self.quiet or self.vinyl or not box.is_in_txn() then
+        return fn(self, a, b, c)
+    end
+    self.space:on_replace(nil, self.counter)
+    self.quiet = true
+    local ok, r1, r2 = pcall(fn, self, a, b, c)
+    self.quiet = false
+    self.space:on_replace(self.counter)
+    if not ok then
+        error(r1, 0)
+    end
+    return r1, r2
 end
 
 -- Counts the tasks of each status by walking the status index: the walk

@@ -1,6 +1,8 @@
 -- The list of tubes: rows {name, type, opts} in a space that replicates, so
 -- that every node knows every tube (a tube's tasks stay on their node,
 -- unless queue.cfg{in_replicaset = true} made the tube replicated).
+local fiber = require('fiber')
+
 local M = {NAME = 'queue_tubes'}
 
 function M.space()
@@ -25,8 +27,8 @@ function M.ensure(space_id)
     return box.space[M.NAME]
 end
 
-local hooked = nil       -- id of the registry space whose rows are followed
-local awaiting = false   -- a trigger on _index waits for the registry
+local hooked = nil   -- id of the registry space whose rows are followed
+local looking = nil  -- a fiber waits for the registry to come
 
 -- opened(row) for every row, now and as rows are written (by this
 -- instance or by replication), closed(name) as rows go.
@@ -51,15 +53,19 @@ local function follow(opened, closed)
 end
 
 -- Follows the registry, from when it exists: a replica may start before
--- replication brings it.
+-- replication brings it, so a fiber looks for it every second meanwhile.
+-- (Not a trigger on _index: a transaction trigger set from DDL on a vinyl
+-- space crashes Tarantool 2.6.)
 function M.follow(opened, closed)
     follow(opened, closed)
-    if hooked == nil and not awaiting then
-        awaiting = true
-        box.space._index:on_replace(function(_, new)
-            if new ~= nil and hooked == nil then
-                box.on_commit(function() follow(opened, closed) end)
+    if hooked == nil and looking == nil then
+        looking = fiber.create(function()
+            fiber.name('queue.registry')
+            while hooked == nil do
+                fiber.sleep(1)
+                pcall(follow, opened, closed)
             end
+            looking = nil
         end)
     end
 end

@@ -2,6 +2,7 @@
 -- modules. Letters and their meaning are those of tarantool/queue, so
 -- clients that compare status letters keep working.
 local clock = require('clock')
+local fiber = require('fiber')
 
 local M = {
     READY = 'r',
@@ -67,22 +68,56 @@ function M.seconds_to_ms(value, what)
     return value * 1000
 end
 
--- Calls fn(a, b, c) in a transaction, joining one already open, so batch
--- calls compose into one transaction (Tarantool 2.6 has no nested
+-- What to call when each fiber's transaction (one of M.atomic's) ends.
+local endings = {}
+
+-- Calls fn(a, b, c, d) in a transaction, joining one already open, so
+-- batch calls compose into one transaction (Tarantool 2.6 has no nested
 -- transactions). No closure and no varargs: the batch paths call it on
--- every request and should stay compiled.
-function M.atomic(fn, a, b, c)
+-- every request and should stay compiled. The node's own transactions go
+-- through here too, so what the queue counts inside them is taken back if
+-- they roll back (M.on_end) without Tarantool's transaction triggers.
+function M.atomic(fn, a, b, c, d)
     if box.is_in_txn() then
-        return fn(a, b, c)
+        return fn(a, b, c, d)
     end
+    local fid = fiber.id()
+    local ending = {}
+    endings[fid] = ending
     box.begin()
-    local ok, r1, r2 = pcall(fn, a, b, c)
-    if not ok then
+    local ok, r1, r2 = pcall(fn, a, b, c, d)
+    if ok then
+        local committed, err = pcall(box.commit)
+        if not committed then
+            ok, r1 = false, err
+        end
+    else
         box.rollback()
+    end
+    endings[fid] = nil
+    for i = 1, #ending, 3 do
+        ending[i](ending[i + 1], ending[i + 2], ok)
+    end
+    if not ok then
         error(r1, 0)
     end
-    box.commit()
     return r1, r2
+end
+
+-- Calls fn(a, b, committed) when the current transaction ends. Tarantool
+-- 2.6's box.on_commit and box.on_rollback leak a Lua reference each call
+-- (tarantool/tarantool#6025), so they are used only for a transaction that
+-- M.atomic did not open (box.begin or box.atomic elsewhere, the console).
+-- Outside a transaction (a single statement, done already) it does nothing.
+function M.on_end(fn, a, b)
+    local ending = endings[fiber.id()]
+    if ending ~= nil then
+        local n = #ending
+        ending[n + 1], ending[n + 2], ending[n + 3] = fn, a, b
+    elseif box.is_in_txn() then
+        box.on_commit(function() fn(a, b, true) end)
+        box.on_rollback(function() fn(a, b, false) end)
+    end
 end
 
 return M

@@ -14,7 +14,8 @@
 -- (queue/watcher.lua) only writes down later what has already happened.
 --
 -- The batch paths (put_many, take_many, ack_many, release_many) are what
--- the dispatcher lives on: they create no closures and run no loop that
+-- the dispatcher lives on: they count their own writes (queue/counts.lua),
+-- read each field of a task once, create no closures and run no loop that
 -- the one-task calls share, so LuaJIT keeps them compiled (a loop left
 -- after one pass on each call gets blacklisted, and then runs at half
 -- speed for good).
@@ -136,16 +137,36 @@ function Tube:_due_at(status, at)
     self:_wake_watcher_by(at)
 end
 
--- A task is (again) ready to take: the next take must look at it.
-function Tube:_now_ready(t)
+-- Task `id` of priority `pri`, which ends its life at `life`, is (again)
+-- ready to take: the next take must look at it.
+function Tube:_now_ready(id, pri, life)
     local from = self.scan_from
-    if from ~= nil then
-        local pri, id = t[F_PRI], t[F_ID]
-        if pri < from[1] or (pri == from[1] and id < from[2]) then
-            self.scan_from = {pri, id}
-        end
+    if from ~= nil and (pri < from[1] or (pri == from[1] and id < from[2])) then
+        self.scan_from = {pri, id}
     end
-    self:_due_at(READY, t[F_NEXT])
+    self:_due_at(READY, life)
+end
+
+-- The same, for a task at hand.
+function Tube:_ready_again(t)
+    self:_now_ready(t[F_ID], t[F_PRI], t[F_NEXT])
+end
+
+-- Counts a write of the tube's own (see queue/counts.lua): when the
+-- trigger is off, the writer counts.
+function Tube:_wrote(from, to)
+    if self.quiet then
+        self:_moved(from, to)
+    end
+end
+
+local function quietly(self, fn, a, b)
+    return self:_quietly(fn, a, b)
+end
+
+-- fn(self, a, b) writes the tube: in one transaction, counted by the tube.
+function Tube:_write(fn, a, b)
+    return state.atomic(quietly, self, fn, a, b)
 end
 
 function Tube:_notify(t, status, what)
@@ -204,17 +225,8 @@ function Tube:_own(id, owner, due, utube)
     end
 end
 
--- A take: held until its ttr runs out, or its life first.
-function Tube:_hold(t, owner, now)
-    local due = now + t[F_TTR]
-    local life = t[F_NEXT]
-    if life < due then
-        due = life
-    end
-    self:_own(t[F_ID], owner, due, t[F_UTUBE])
-end
-
--- Forgets that the task is taken. Returns whether it was.
+-- Forgets that task t (or the task `id` of utube `utube`) is taken.
+-- Returns whether it was.
 --
 -- Not undone if the transaction around it rolls back: the task is then
 -- ready on disk and free in memory, so it is taken and sent again (a
@@ -223,22 +235,22 @@ end
 -- take would never look back at the task. A caller that will retry the
 -- same transaction (node.settle) sets self.undo to a table: what was
 -- unheld is noted there, for _rehold.
-function Tube:_unhold(t)
-    local id = t[F_ID]
+function Tube:_unhold(t, id)
+    id = id or t[F_ID]
     local owner = self.owners[id]
     if owner == nil then
         return false
     end
+    local utube = self.features.utube and t[F_UTUBE] or nil
     if self.undo ~= nil then
-        table.insert(self.undo, {id, owner, self.deadlines[id], t[F_UTUBE]})
+        table.insert(self.undo, {id, owner, self.deadlines[id], utube})
     end
     self.owners[id] = nil
     self.deadlines[id] = nil
     self.taken = self.taken - 1
-    if self.features.utube then
-        local u = t[F_UTUBE]
-        local n = self.busy[u] - 1
-        self.busy[u] = n > 0 and n or nil
+    if utube ~= nil then
+        local n = self.busy[utube] - 1
+        self.busy[utube] = n > 0 and n or nil
     end
     return true
 end
@@ -256,20 +268,26 @@ function Tube:_rehold(undo)
     end
 end
 
--- The task if the caller's session holds it (and its ttr has not run
--- out), else nil. `owner` and `now` are the caller's, when a batch has
--- them already.
-function Tube:_held(id, owner, now)
+-- Whether the caller's session holds task `id` and its ttr has not run
+-- out. `owner` and `now` are the caller's, when a batch has them already.
+function Tube:_holds(id, owner, now)
     if self.owners[id] ~= (owner or session.current()) then
-        return nil
+        return false
     end
     local due = self.deadlines[id]
     now = now or clock_ms()
     if due ~= nil and due <= now then
         self:_return_overdue(now)
-        return nil
+        return false
     end
-    return self.space:get(id)
+    return true
+end
+
+-- The task if the caller's session holds it, else nil.
+function Tube:_held(id, owner, now)
+    if self:_holds(id, owner, now) then
+        return self.space:get(id)
+    end
 end
 
 -- A task this session does not hold, missing or not, is NOT_HELD: what a
@@ -314,6 +332,7 @@ function Tube:_freed()
 end
 
 function Tube:_insert(data, o, now)
+    now = now or clock_ms()
     local created = math.floor(now)
     local status, next_event, life = READY, nil, nil
     if o.delay > 0 then
@@ -329,15 +348,16 @@ function Tube:_insert(data, o, now)
     local id = self.next_id
     self.next_id = id + 1
     local t = self.space:insert({id, status, next_event, life - created, ttr, o.pri, created, o.utube, data})
+    self:_wrote(nil, status)
     if status == READY then
-        self:_now_ready(t)
+        self:_now_ready(id, o.pri, life)
     else
         self:_due_at(DELAYED, next_event)
     end
     if self.on_change ~= nil then
         self:_notify(t, status, 'put')
     end
-    return t
+    return t, id, status
 end
 
 -- put(data, {pri, ttl, ttr, delay, utube, timeout}): the new task, or no
@@ -347,7 +367,7 @@ function Tube:put(data, opts)
     if not self:_room_for(1, opts and opts.timeout) then
         return
     end
-    local t = self:_insert(data, o, clock_ms())
+    local t = self:_write(self._insert, data, o)
     self.calls.put = self.calls.put + 1
     if t[F_STATUS] == READY then
         self.takers:signal()
@@ -360,7 +380,8 @@ local function insert_all(self, items, o)
     local n = #items
     local ids = table.new(n, 0)
     for i = 1, n do
-        ids[i] = self:_insert(items[i], o, now)[F_ID]
+        local _, id = self:_insert(items[i], o, now)
+        ids[i] = id
     end
     return ids
 end
@@ -376,7 +397,7 @@ function Tube:put_many(items, opts)
     if not self:_room_for(#items, opts and opts.timeout) then
         return {}
     end
-    local ids = state.atomic(insert_all, self, items, o)
+    local ids = self:_write(insert_all, items, o)
     self.calls.put = self.calls.put + #ids
     if #ids > 0 and o.delay == 0 then
         self.takers:broadcast()
@@ -386,25 +407,32 @@ end
 
 -- ---------------------------------------------------------------- take
 
--- Whether take may hand out ready task t now, and whether t is passed
--- over for good by takes to come (held, dead, or handed out now).
--- `seen` (utubes only): the utubes whose first task was looked at.
-function Tube:_pickable(t, now, seen)
-    if self.owners[t[F_ID]] ~= nil then
-        return false, true
+-- Takes ready task t for `owner` if it may be handed out now. Returns the
+-- task as the client gets it (or nil), and whether t is passed over for
+-- good by takes to come (held, dead, or handed out now). `seen` (utubes
+-- only): the utubes whose first live task was looked at. Each field is
+-- read once: every read decodes msgpack.
+function Tube:_try(t, owner, now, seen)
+    local id = t[F_ID]
+    if self.owners[id] ~= nil then
+        return nil, true
     end
-    if t[F_NEXT] <= now then
-        return false, true
+    local life = t[F_NEXT]
+    if life <= now then
+        return nil, true
     end
+    local utube = nil
     if seen ~= nil then
-        local u = t[F_UTUBE]
-        if self.busy[u] ~= nil or seen[u] ~= nil then
-            seen[u] = true
-            return false, false
+        utube = t[F_UTUBE]
+        local busy = self.busy[utube] ~= nil or seen[utube] ~= nil
+        seen[utube] = true
+        if busy then
+            return nil, false
         end
-        seen[u] = true
     end
-    return true, true
+    local due = now + t[F_TTR]
+    self:_own(id, owner, due < life and due or life, utube)
+    return public(t, TAKEN), true
 end
 
 function Tube:_scan_key()
@@ -415,25 +443,31 @@ function Tube:_scan_key()
     return {READY, from[1], from[2]}
 end
 
+-- Every ready task up to and including `last` is passed over for good.
+function Tube:_passed(last)
+    if last ~= nil then
+        self.scan_from = {last[F_PRI], last[F_ID] + 1}
+    end
+end
+
 -- Takes up to n ready tasks in take order for `owner`. The batch loop.
 function Tube:_take(n, owner, now)
     local out = table.new(n, 0)
     local count = 0
     local seen = self.features.utube and {} or nil
-    local front, front_pri, front_id = true, nil, nil
+    local front, last = true, nil
     for _, t in self.space.index.status:pairs(self:_scan_key(), GE) do
         if t[F_STATUS] ~= READY then
             break
         end
-        local ok, passed = self:_pickable(t, now, seen)
-        if ok then
-            self:_hold(t, owner, now)
+        local task, passed = self:_try(t, owner, now, seen)
+        if task ~= nil then
             count = count + 1
-            out[count] = public(t, TAKEN)
+            out[count] = task
         end
         if front then
             if passed then
-                front_pri, front_id = t[F_PRI], t[F_ID]
+                last = t
             else
                 front = false
             end
@@ -442,31 +476,29 @@ function Tube:_take(n, owner, now)
             break
         end
     end
-    if front_id ~= nil then
-        self.scan_from = {front_pri, front_id + 1}
-    end
+    self:_passed(last)
     return out, count
 end
 
 -- The same for one task, with a loop of its own (see the top of the file).
 function Tube:_take_one(owner, now)
     local seen = self.features.utube and {} or nil
-    local front = true
+    local front, last = true, nil
     for _, t in self.space.index.status:pairs(self:_scan_key(), GE) do
         if t[F_STATUS] ~= READY then
-            return {}, 0
+            break
         end
-        local ok, passed = self:_pickable(t, now, seen)
-        if front and passed then
-            self.scan_from = {t[F_PRI], t[F_ID] + 1}
-        elseif not passed then
-            front = false
+        local task, passed = self:_try(t, owner, now, seen)
+        front = front and passed
+        if front then
+            last = t
         end
-        if ok then
-            self:_hold(t, owner, now)
-            return {public(t, TAKEN)}, 1
+        if task ~= nil then
+            self:_passed(last)
+            return {task}, 1
         end
     end
+    self:_passed(last)
     return {}, 0
 end
 
@@ -520,7 +552,11 @@ function Tube:_take_wait(n, wait_s, give_up_at)
         if count > 0 then
             if self.vinyl and not box.session.exists(connection) then
                 -- Vinyl reads yield: the client may have left meanwhile.
-                self:release_session(owner)
+                local ids = {}
+                for i = 1, count do
+                    ids[i] = out[i][1]
+                end
+                self:_free(ids)
                 return {}
             end
             self.calls.take = self.calls.take + count
@@ -576,13 +612,18 @@ end
 
 -- ---------------------------------------------------------------- ack
 
--- Deletes a task this session holds; returns it, or nil if not held.
-function Tube:_ack(id, owner, now)
-    if self:_held(id, owner, now) == nil then
+local function ack_one(self, id, owner, now)
+    if not self:_holds(id, owner, now) then
         return nil
     end
-    local t = self.space:delete(id)
-    self:_unhold(t)
+    -- Vinyl's delete does not return what it deleted.
+    local t = self.vinyl and self.space:get(id) or nil
+    t = self.space:delete(id) or t
+    if t == nil then
+        return nil
+    end
+    self:_wrote(READY, nil)
+    self:_unhold(t, id)
     self.calls.ack = self.calls.ack + 1
     self.done = self.done + 1
     if self.on_change ~= nil then
@@ -592,8 +633,13 @@ function Tube:_ack(id, owner, now)
     return t
 end
 
+-- Deletes a task this session holds; returns it, or nil if not held.
+function Tube:_ack(id, owner, now)
+    return self:_quietly(ack_one, id, owner, now)
+end
+
 function Tube:ack(id)
-    local t = self:_ack(id) or self:_taken_by_me(id)
+    local t = self:_write(self._ack, id) or self:_taken_by_me(id)
     self:_freed()
     return public(t, DONE)
 end
@@ -621,7 +667,7 @@ function Tube:ack_many(ids)
         fail(BAD_ARGUMENT, 'ack_many expects an array of task ids')
     end
     local skipped = {}
-    local acked = state.atomic(ack_all, self, ids, skipped)
+    local acked = self:_write(ack_all, ids, skipped)
     self:_freed()
     return acked, skipped
 end
@@ -632,36 +678,47 @@ end
 -- extension, replaces the task's data, so a worker can keep an attempt
 -- count with the task. A release with neither writes nothing: the task is
 -- ready on disk already.
-function Tube:_release(t, opts, now)
+local function release_held(self, t, opts, now)
     local o = opts or NO_OPTIONS
     local delay = self.features.times and seconds_to_ms(o.delay, 'delay') or 0
-    self:_unhold(t)
+    local id = t[F_ID]
+    self:_unhold(t, id)
     self.calls.release = self.calls.release + 1
     local ops = nil
+    local ready_at = nil
     if delay > 0 then
-        now = now or clock_ms()
-        ops = {{'=', F_STATUS, DELAYED}, {'=', F_NEXT, ceil_ms(now + delay)}, {'+', F_TTL, floor_ms(delay)}}
+        ready_at = ceil_ms((now or clock_ms()) + delay)
+        ops = {{'=', F_STATUS, DELAYED}, {'=', F_NEXT, ready_at}, {'+', F_TTL, floor_ms(delay)}}
     end
     if o.data ~= nil then
         ops = ops or {}
         ops[#ops + 1] = {'=', F_DATA, o.data}
     end
     if ops ~= nil then
-        t = self.space:update(t[F_ID], ops)
+        t = self.space:update(id, ops)
     end
-    if t[F_STATUS] == READY then
-        self:_now_ready(t)
+    if ready_at ~= nil then
+        self:_wrote(READY, DELAYED)
+        self:_due_at(DELAYED, ready_at)
     else
-        self:_due_at(DELAYED, t[F_NEXT])
+        self:_ready_again(t)
     end
     if self.on_change ~= nil then
-        self:_notify(t, t[F_STATUS], 'release')
+        self:_notify(t, ready_at and DELAYED or READY, 'release')
     end
     return t
 end
 
+function Tube:_release(t, opts, now)
+    return self:_quietly(release_held, t, opts, now)
+end
+
+local function release_one(self, id, opts)
+    return self:_release(self:_taken_by_me(id), opts)
+end
+
 function Tube:release(id, opts)
-    local t = self:_release(self:_taken_by_me(id), opts)
+    local t = self:_write(release_one, id, opts)
     self.takers:signal()
     return public(t)
 end
@@ -694,7 +751,7 @@ function Tube:release_many(items, opts)
     if type(items) ~= 'table' then
         fail(BAD_ARGUMENT, 'release_many expects an array of task ids or {id, options}')
     end
-    local released, skipped = state.atomic(release_all, self, items, opts)
+    local released, skipped = self:_write(release_all, items, opts)
     if released > 0 then
         self.takers:broadcast()
     end
@@ -725,8 +782,8 @@ end
 function Tube:_free(ids)
     for _, id in ipairs(ids) do
         local t = self.space:get(id)
-        if t ~= nil and self:_unhold(t) then
-            self:_now_ready(t)
+        if t ~= nil and self:_unhold(t, id) then
+            self:_ready_again(t)
             self.calls.release = self.calls.release + 1
             if self.on_change ~= nil then
                 self:_notify(t, READY, 'release')
@@ -749,13 +806,20 @@ function Tube:peek(id)
     return public(t, self:_status(t, now))
 end
 
+local function bury_one(self, id)
+    local t = self:_get(id, clock_ms())
+    local from, life = t[F_STATUS], t[F_CREATED] + t[F_TTL]
+    self:_unhold(t, id)
+    t = self.space:update(id, {{'=', F_STATUS, BURIED}, {'=', F_NEXT, life}})
+    self:_wrote(from, BURIED)
+    self:_due_at(BURIED, life)
+    return t
+end
+
 -- Buries a task, taken or not, as tarantool/queue does.
 function Tube:bury(id)
-    local t = self:_get(id, clock_ms())
-    self:_unhold(t)
+    local t = self:_write(bury_one, id)
     self.calls.bury = self.calls.bury + 1
-    t = self.space:update(id, {{'=', F_STATUS, BURIED}, {'=', F_NEXT, t[F_CREATED] + t[F_TTL]}})
-    self:_due_at(BURIED, t[F_NEXT])
     if self.on_change ~= nil then
         self:_notify(t, BURIED, 'bury')
     end
@@ -765,7 +829,8 @@ end
 local function kick_all(self, buried)
     for _, t in ipairs(buried) do
         t = self.space:update(t[F_ID], {{'=', F_STATUS, READY}})
-        self:_now_ready(t)
+        self:_wrote(BURIED, READY)
+        self:_ready_again(t)
         if self.on_change ~= nil then
             self:_notify(t, READY, 'kick')
         end
@@ -788,7 +853,7 @@ function Tube:kick(count)
             table.insert(buried, t)
         end
     end
-    state.atomic(kick_all, self, buried)
+    self:_write(kick_all, buried)
     self.calls.kick = self.calls.kick + #buried
     if #buried > 0 then
         self.takers:broadcast()
@@ -796,10 +861,16 @@ function Tube:kick(count)
     return #buried
 end
 
-function Tube:delete(id)
+local function delete_one(self, id)
     local t = self:_get(id, clock_ms())
-    self:_unhold(t)
+    self:_unhold(t, id)
     self.space:delete(id)
+    self:_wrote(t[F_STATUS], nil)
+    return t
+end
+
+function Tube:delete(id)
+    local t = self:_write(delete_one, id)
     self.calls.delete = self.calls.delete + 1
     self.done = self.done + 1
     if self.on_change ~= nil then
@@ -845,6 +916,16 @@ function Tube:truncate()
     self.space:truncate()
 end
 
+local function truncate_ended(self, _, committed)
+    if not committed then
+        self.stale = true
+        for _, status in ipairs({READY, DELAYED, BURIED}) do
+            self:_find_due(status)
+        end
+        self:_wake_watcher_by(0)
+    end
+end
+
 -- The space was truncated: nothing is left to count or to hold. Should the
 -- truncate roll back, the watcher counts again.
 function Tube:_emptied()
@@ -853,15 +934,7 @@ function Tube:_emptied()
     self.taken, self.scan_from = 0, nil
     self.due = {[READY] = math.huge, [DELAYED] = math.huge, [BURIED] = math.huge}
     self:_freed()
-    if box.is_in_txn() then
-        box.on_rollback(function()
-            self.stale = true
-            for _, status in ipairs({READY, DELAYED, BURIED}) do
-                self:_find_due(status)
-            end
-            self:_wake_watcher_by(0)
-        end)
-    end
+    state.on_end(truncate_ended, self)
 end
 
 function Tube:stop()

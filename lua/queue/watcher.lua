@@ -63,8 +63,8 @@ function M._return_overdue(self, now)
     self.next_deadline = next_deadline
     for _, id in ipairs(overdue) do
         local t = self.space:get(id)
-        if t ~= nil and self:_unhold(t) then
-            self:_now_ready(t)
+        if t ~= nil and self:_unhold(t, id) then
+            self:_ready_again(t)
             self.calls.ttr = self.calls.ttr + 1
             if self.on_change ~= nil then
                 self:_notify(t, READY, 'ttr')
@@ -102,7 +102,8 @@ end
 local function promote_all(self, due)
     for _, t in ipairs(due) do
         t = self.space:update(t[F_ID], {{'=', F_STATUS, READY}, {'=', F_NEXT, t[F_CREATED] + t[F_TTL]}})
-        self:_now_ready(t)
+        self:_wrote(DELAYED, READY)
+        self:_ready_again(t)
         if self.on_change ~= nil then
             self:_notify(t, READY, 'delay')
         end
@@ -113,7 +114,7 @@ end
 function M._promote(self, now)
     local due = due_tasks(self, DELAYED, now)
     if #due > 0 then
-        state.atomic(promote_all, self, due)
+        self:_write(promote_all, due)
         self.calls.delay = self.calls.delay + #due
         self.takers:broadcast()
     end
@@ -124,6 +125,7 @@ end
 local function delete_all(self, due)
     for _, t in ipairs(due) do
         self.space:delete(t[F_ID])
+        self:_wrote(t[F_STATUS], nil)
         if self.on_change ~= nil then
             self:_notify(t, DONE, 'ttl')
         end
@@ -134,7 +136,7 @@ end
 function M._expire(self, status, now)
     local due = due_tasks(self, status, now)
     if #due > 0 then
-        state.atomic(delete_all, self, due)
+        self:_write(delete_all, due)
         self.calls.ttl = self.calls.ttl + #due
         self:_freed()
     end
