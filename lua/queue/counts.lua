@@ -26,7 +26,7 @@ local M = {}
 --   pending[delta]  transactions open that counted here, with what they
 --                   counted; taken back if one rolls back
 function M._start_counting(self)
-    self.counts, self.pending, self.recounts, self.stale = {}, {}, 0, false
+    self.counts, self.pending, self.recounts = {}, {}, 0
     self.quiet, self.delta, self.delta_txn = false, nil, nil
     self:_recount()
     self.counter = function(old, new) self:_count(old, new) end
@@ -46,7 +46,10 @@ function M._count(self, old, new)
             self.next_id = id + 1
         end
     end
-    self:_moved(old ~= nil and old[F_STATUS] or nil, new ~= nil and new[F_STATUS] or nil)
+    -- Replication applies whole transactions or stops: nothing to take back,
+    -- and no Tarantool trigger to leak per transaction (see state.on_end).
+    local replicated = box.session.type() == 'applier'
+    self:_moved(old ~= nil and old[F_STATUS] or nil, new ~= nil and new[F_STATUS] or nil, replicated)
 end
 
 local function ended(self, delta, committed)
@@ -67,8 +70,9 @@ end
 
 -- A task went from status `from` to `to` (nil: no task). What a
 -- transaction counts is noted once a transaction, to take back should it
--- roll back (a failed box.atomic, a failed WAL write, a yield inside it).
-function M._moved(self, from, to)
+-- roll back (a failed box.atomic, a failed WAL write, a yield inside it),
+-- unless `final`.
+function M._moved(self, from, to, final)
     if from == to then
         return
     end
@@ -80,8 +84,8 @@ function M._moved(self, from, to)
         counts[to] = (counts[to] or 0) + 1
     end
     local txn = tonumber(C.box_txn_id())
-    if txn < 0 then
-        return  -- a single statement, committed already
+    if final or txn < 0 then
+        return  -- or a single statement, committed already
     end
     local delta = self.delta
     if txn ~= self.delta_txn then
@@ -120,10 +124,10 @@ end
 -- Counts the tasks of each status by walking the status index: the walk
 -- that statistics avoids, so it happens only when
 --   * the tube opens (queue start, a restart, create_tube);
---   * a truncate of the space was rolled back;
 --   * the watcher finds the counts disagree with space:len(), which only a
 --     change no trigger sees can cause (a rollback to a savepoint inside a
---     transaction); it logs a warning then.
+--     transaction, a truncate that failed to commit); it logs a warning
+--     then, and looks again at when tasks change by themselves.
 -- Safe with other fibers' transactions waiting for the WAL: the index holds
 -- their changes already and a rollback takes them back from both.
 function M._recount(self)
@@ -137,7 +141,6 @@ function M._recount(self)
     end
     self.counts = counts
     self.recounts = self.recounts + 1
-    self.stale = false
 end
 
 -- Tasks on disk: space:len(), which vinyl has not; there the counts.
@@ -165,14 +168,15 @@ function M._check_counts(self)
         sum = sum + n
     end
     local len = self.space:len()
-    if not self.stale and sum == len then
+    if sum == len then
         return
     end
-    if not self.stale then
-        log.warn('queue: tube %s: counts (%d tasks) disagree with the space (%d tasks); counting again',
-                 self.name, sum, len)
-    end
+    log.warn('queue: tube %s: counts (%d tasks) disagree with the space (%d tasks); counting again',
+             self.name, sum, len)
     self:_recount()
+    for _, status in ipairs({state.READY, state.DELAYED, state.BURIED}) do
+        self:_find_due(status)
+    end
 end
 
 return M

@@ -231,6 +231,7 @@ function api.create_tube(name, kind, opts)
     if reg == nil then
         fail(BAD_ARGUMENT, 'create_tube: this instance is read-only and has no tube registry yet')
     end
+    registry.follow(open, close)
     if box.space[name] ~= nil and reg:get(name) == nil and not opts.if_not_exists then
         fail(BAD_ARGUMENT, 'create_tube: a space %s exists already', name)
     end

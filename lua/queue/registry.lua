@@ -41,12 +41,14 @@ local function follow(opened, closed)
     for _, row in registry:pairs() do
         opened(row)
     end
+    -- Once the row is in, in a fiber of its own: opening a tube reads its
+    -- space, which a commit trigger may not do on vinyl.
     registry:on_replace(function(old, new)
         box.on_commit(function()
             if new ~= nil then
-                opened(new)
+                fiber.create(opened, new)
             elseif old ~= nil then
-                closed(old[1])
+                fiber.create(closed, old[1])
             end
         end)
     end)

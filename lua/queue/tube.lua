@@ -916,25 +916,15 @@ function Tube:truncate()
     self.space:truncate()
 end
 
-local function truncate_ended(self, _, committed)
-    if not committed then
-        self.stale = true
-        for _, status in ipairs({READY, DELAYED, BURIED}) do
-            self:_find_due(status)
-        end
-        self:_wake_watcher_by(0)
-    end
-end
-
--- The space was truncated: nothing is left to count or to hold. Should the
--- truncate roll back, the watcher counts again.
+-- The space was truncated: nothing is left to count or to hold. Should
+-- the truncate fail to commit, the watcher finds the counts wrong and
+-- counts again (queue/counts.lua).
 function Tube:_emptied()
-    self.counts, self.pending = {}, {}
+    self.counts = {}
     self.owners, self.deadlines, self.busy = {}, {}, {}
     self.taken, self.scan_from = 0, nil
     self.due = {[READY] = math.huge, [DELAYED] = math.huge, [BURIED] = math.huge}
     self:_freed()
-    state.on_end(truncate_ended, self)
 end
 
 function Tube:stop()

@@ -10,7 +10,7 @@ queue = require('queue')
 queue.start()
 
 local test = tap.test('queue')
-test:plan(27)
+test:plan(28)
 
 local function fresh(kind, opts)
     local name = 't' .. tostring(math.random(1, 1e9))
@@ -635,6 +635,50 @@ test:test('statistics reads a bounded number of tuples whatever the depth', func
     t:is(deep:take(0)[1], held[5000][1] + 1, 'and takes still start at the first free task')
     exact(t, deep, 'counts exact at depth')
     t:is(deep.recounts, 1, 'counted by walking only when the tube opened')
+end)
+
+test:test('the calls leak nothing: Tarantool 2.6 keeps every transaction trigger', function(t)
+    t:plan(1)
+    local tube = fresh()
+    local atomic = require('queue.state').atomic
+    local function round()
+        local task = tube:put('one')
+        tube:take(0)
+        tube:ack(task[1])
+        tube:put_many({1, 2, 3})
+        local ids = {}
+        for i, taken in ipairs(tube:take_many(3, 0)) do
+            ids[i] = taken[1]
+        end
+        tube:release_many({ids[1], {ids[2], {delay = 60}}})
+        tube:ack_many({ids[3]})
+        tube:bury(ids[1])
+        tube:kick(1)
+        tube:delete(ids[1])
+        tube:delete(ids[2])
+        -- As the node's code does: a transaction of its own around the calls.
+        atomic(function()
+            tube:put('joined')
+        end)
+        tube:truncate()
+    end
+    local function registry_size()
+        collectgarbage('collect')
+        local n = 0
+        for _ in pairs(debug.getregistry()) do
+            n = n + 1
+        end
+        return n
+    end
+    for _ = 1, 50 do
+        round()
+    end
+    local before = registry_size()
+    for _ = 1, 500 do
+        round()
+    end
+    local grown = registry_size() - before
+    t:ok(grown < 100, string.format('500 rounds of every call: the Lua registry grew by %d', grown))
 end)
 
 helper.finish(test)
