@@ -21,6 +21,19 @@ local M = {}
 M.F_ID, M.F_STATUS, M.F_NEXT, M.F_TTL, M.F_TTR = 1, 2, 3, 4, 5
 M.F_PRI, M.F_CREATED, M.F_UTUBE, M.F_DATA = 6, 7, 8, 9
 
+-- {id, status, data}, the task shape tarantool/queue clients expect.
+function M.public(t, status)
+    return t:transform(M.F_STATUS, M.F_DATA - M.F_STATUS, status or t[M.F_STATUS])
+end
+
+-- Whether task t (any status on disk) is past its end of life at `now`.
+function M.dead(t, now)
+    if t[M.F_STATUS] == state.DELAYED then
+        return t[M.F_CREATED] + t[M.F_TTL] <= now
+    end
+    return t[M.F_NEXT] <= now
+end
+
 M.BUILTIN = {
     fifo = {},
     fifottl = {times = true},

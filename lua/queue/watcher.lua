@@ -103,6 +103,7 @@ local function promote_all(self, due)
     for _, t in ipairs(due) do
         t = self.space:update(t[F_ID], {{'=', F_STATUS, READY}, {'=', F_NEXT, t[F_CREATED] + t[F_TTL]}})
         self:_wrote(DELAYED, READY)
+        self.calls.delay = self.calls.delay + 1
         self:_ready_again(t)
         if self.on_change ~= nil then
             self:_notify(t, READY, 'delay')
@@ -115,7 +116,6 @@ function M._promote(self, now)
     local due = due_tasks(self, DELAYED, now)
     if #due > 0 then
         self:_write(promote_all, due)
-        self.calls.delay = self.calls.delay + #due
         self.takers:broadcast()
     end
     self:_find_due(DELAYED)
@@ -126,6 +126,7 @@ local function delete_all(self, due)
     for _, t in ipairs(due) do
         self.space:delete(t[F_ID])
         self:_wrote(t[F_STATUS], nil)
+        self.calls.ttl = self.calls.ttl + 1
         if self.on_change ~= nil then
             self:_notify(t, DONE, 'ttl')
         end
@@ -137,7 +138,6 @@ function M._expire(self, status, now)
     local due = due_tasks(self, status, now)
     if #due > 0 then
         self:_write(delete_all, due)
-        self.calls.ttl = self.calls.ttl + #due
         self:_freed()
     end
     self:_find_due(status)
