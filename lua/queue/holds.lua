@@ -29,7 +29,7 @@ function M:_own(id, owner, due, utube)
     end
 end
 
--- Forgets that task t (or the task `id` of utube `utube`) is taken.
+-- Forgets that task t (`id`, when the caller has it at hand) is taken.
 -- Returns whether it was.
 --
 -- Not undone if the transaction around it rolls back: the task is then

@@ -94,7 +94,8 @@ function M:_take(n, owner, now)
     return out, count
 end
 
--- The same for one task, with a loop of its own (see the top of the file).
+-- The same for one task, with a loop of its own (see queue/tube.lua's
+-- header: one-task calls must not share the batch loop).
 function M:_take_one(owner, now)
     local seen = self.features.utube and {} or nil
     local front, last = true, nil

@@ -27,7 +27,7 @@ local methods = require('queue.methods')
 
 local READY, TAKEN, DONE = state.READY, state.TAKEN, state.DONE
 local BURIED, DELAYED = state.BURIED, state.DELAYED
-local BAD_ARGUMENT, NOT_HELD = state.BAD_ARGUMENT, state.NOT_HELD
+local BAD_ARGUMENT = state.BAD_ARGUMENT
 local NEVER_MS = state.NEVER_MS
 local clock_ms, floor_ms, ceil_ms = state.clock_ms, state.floor_ms, state.ceil_ms
 local seconds_to_ms = state.seconds_to_ms
@@ -35,10 +35,8 @@ local fail = state.fail
 
 local F_ID, F_STATUS, F_NEXT, F_TTL, F_TTR = drivers.F_ID, drivers.F_STATUS, drivers.F_NEXT,
                                               drivers.F_TTL, drivers.F_TTR
-local F_PRI, F_CREATED, F_UTUBE, F_DATA = drivers.F_PRI, drivers.F_CREATED, drivers.F_UTUBE,
-                                          drivers.F_DATA
+local F_PRI, F_CREATED, F_DATA = drivers.F_PRI, drivers.F_CREATED, drivers.F_DATA
 
-local GE = {iterator = 'GE'}
 local NO_OPTIONS = {}
 
 local Tube = {}

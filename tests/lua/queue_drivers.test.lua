@@ -22,14 +22,6 @@ local function fresh(kind, opts)
     return queue.create_tube(string.format('%s_%d', kind, made), kind, opts)
 end
 
-local function datas(tasks)
-    local out = {}
-    for i, task in ipairs(tasks) do
-        out[i] = task[3]
-    end
-    return out
-end
-
 local function take_all(tube)
     local out = {}
     while true do
