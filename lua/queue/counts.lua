@@ -106,13 +106,13 @@ end
 -- (self.quiet), with the trigger off. Only inside a transaction and never
 -- on vinyl: then nothing yields before the trigger is back, so no other
 -- fiber's write can pass uncounted.
-function M._quietly(self, fn, a, b, c)
+function M._quietly(self, fn, a, b, c, d)
     if self.quiet or self.vinyl or not box.is_in_txn() then
-        return fn(self, a, b, c)
+        return fn(self, a, b, c, d)
     end
     self.space:on_replace(nil, self.counter)
     self.quiet = true
-    local ok, r1, r2 = pcall(fn, self, a, b, c)
+    local ok, r1, r2 = pcall(fn, self, a, b, c, d)
     self.quiet = false
     self.space:on_replace(self.counter)
     if not ok then

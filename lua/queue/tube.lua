@@ -19,6 +19,7 @@
 -- the one-task calls share, so LuaJIT keeps them compiled (a loop left
 -- after one pass on each call gets blacklisted, and then runs at half
 -- speed for good).
+local ffi = require('ffi')
 local fiber = require('fiber')
 local state = require('queue.state')
 local drivers = require('queue.drivers')
@@ -38,6 +39,42 @@ local F_ID, F_STATUS, F_NEXT, F_TTL, F_TTR = drivers.F_ID, drivers.F_STATUS, dri
 local F_PRI, F_CREATED, F_DATA = drivers.F_PRI, drivers.F_CREATED, drivers.F_DATA
 
 local NO_OPTIONS = {}
+
+pcall(ffi.cdef, [[int box_delete(uint32_t space_id, uint32_t index_id, const char *key,
+                                 const char *key_end, struct tuple **result);]])
+local key_buffer = ffi.new('char[10]')
+local deleted = ffi.new('struct tuple *[1]')
+
+-- Deletes task `id` through the C API, for the batch path that needs
+-- nothing of the task back: a third of space:delete's cost. Returns
+-- whether there was such a task. The key is msgpack [id], encoded as
+-- msgpack must be, in its shortest form (the index finds nothing else).
+local function delete_by_id(space_id, id)
+    local k = key_buffer
+    k[0] = 0x91
+    local size
+    if id < 0x80 then
+        k[1], size = id, 2
+    elseif id < 0x100 then
+        k[1], k[2], size = 0xcc, id, 3
+    elseif id < 0x10000 then
+        k[1], k[2], k[3], size = 0xcd, bit.rshift(id, 8), bit.band(id, 0xff), 4
+    elseif id < 0x100000000 then
+        k[1], k[2], k[3] = 0xce, bit.rshift(id, 24), bit.band(bit.rshift(id, 16), 0xff)
+        k[4], k[5], size = bit.band(bit.rshift(id, 8), 0xff), bit.band(id, 0xff), 6
+    else
+        local high, low = math.floor(id / 0x100000000), id % 0x100000000
+        k[1], k[2], k[3] = 0xcf, bit.rshift(high, 24), bit.band(bit.rshift(high, 16), 0xff)
+        k[4], k[5] = bit.band(bit.rshift(high, 8), 0xff), bit.band(high, 0xff)
+        k[6], k[7] = bit.rshift(low, 24), bit.band(bit.rshift(low, 16), 0xff)
+        k[8], k[9], size = bit.band(bit.rshift(low, 8), 0xff), bit.band(low, 0xff), 10
+    end
+    if ffi.C.box_delete(space_id, 0, k, k + size, deleted) ~= 0 then
+        box.error()
+    end
+    -- The pointer only: a tuple's metamethods would read what was deleted.
+    return ffi.cast('uintptr_t', deleted[0]) ~= 0
+end
 
 local Tube = {}
 Tube.__index = Tube
@@ -297,14 +334,19 @@ end
 
 -- ---------------------------------------------------------------- ack
 
-local function ack_one(self, id, owner, now)
+local function ack_one(self, id, owner, now, want_task)
     if not self:_holds(id, owner, now) then
         return nil
     end
-    -- Vinyl's delete does not return what it deleted.
-    local t = self.vinyl and self.space:get(id) or nil
-    t = self.space:delete(id) or t
-    if t == nil then
+    local t = true
+    if want_task or self.features.utube or self.on_change ~= nil or self.vinyl then
+        -- Vinyl's delete does not return what it deleted.
+        t = self.vinyl and self.space:get(id) or nil
+        t = self.space:delete(id) or t
+        if t == nil then
+            return nil
+        end
+    elseif not delete_by_id(self.space.id, id) then
         return nil
     end
     self:_wrote(READY, nil)
@@ -318,13 +360,18 @@ local function ack_one(self, id, owner, now)
     return t
 end
 
--- Deletes a task this session holds; returns it, or nil if not held.
-function Tube:_ack(id, owner, now)
-    return self:_quietly(ack_one, id, owner, now)
+-- Deletes a task this session holds; returns it (with want_task, else a
+-- true value), or nil if not held.
+function Tube:_ack(id, owner, now, want_task)
+    return self:_quietly(ack_one, id, owner, now, want_task)
+end
+
+local function ack_task(self, id)
+    return self:_ack(id, nil, nil, true)
 end
 
 function Tube:ack(id)
-    local t = self:_write(self._ack, id) or self:_taken_by_me(id)
+    local t = self:_write(ack_task, id) or self:_taken_by_me(id)
     self:_freed()
     return public(t, DONE)
 end

@@ -10,7 +10,7 @@ queue = require('queue')
 queue.start()
 
 local test = tap.test('queue')
-test:plan(28)
+test:plan(29)
 
 local function fresh(kind, opts)
     local name = 't' .. tostring(math.random(1, 1e9))
@@ -635,6 +635,23 @@ test:test('statistics reads a bounded number of tuples whatever the depth', func
     t:is(deep:take(0)[1], held[5000][1] + 1, 'and takes still start at the first free task')
     exact(t, deep, 'counts exact at depth')
     t:is(deep.recounts, 1, 'counted by walking only when the tube opened')
+end)
+
+test:test('ack_many deletes its tasks whatever the size of their ids', function(t)
+    t:plan(4)
+    local tube = fresh()
+    -- Ids across every width of msgpack's unsigned integers.
+    for _, first in ipairs({120, 250, 65530, 2 ^ 32 - 5}) do
+        tube.next_id = first
+        tube:put_many({1, 2, 3, 4, 5, 6, 7, 8, 9, 10})
+        local ids = {}
+        for i, task in ipairs(tube:take_many(10, 0)) do
+            ids[i] = task[1]
+        end
+        local acked, skipped = tube:ack_many(ids)
+        t:ok(acked == 10 and #skipped == 0 and tube.space:len() == 0,
+             string.format('ids %d to %d: all acked and gone', first, first + 9))
+    end
 end)
 
 test:test('the calls leak nothing: Tarantool 2.6 keeps every transaction trigger', function(t)
