@@ -10,7 +10,7 @@ queue = require('queue')
 queue.start()
 
 local test = tap.test('queue')
-test:plan(29)
+test:plan(30)
 
 local function fresh(kind, opts)
     local name = 't' .. tostring(math.random(1, 1e9))
@@ -635,6 +635,35 @@ test:test('statistics reads a bounded number of tuples whatever the depth', func
     t:is(deep:take(0)[1], held[5000][1] + 1, 'and takes still start at the first free task')
     exact(t, deep, 'counts exact at depth')
     t:is(deep.recounts, 1, 'counted by walking only when the tube opened')
+end)
+
+test:test('put_many writes a task as put writes it, whatever its data', function(t)
+    local msgpack = require('msgpack')
+    local samples = {
+        'text', '', string.rep('long ', 100), 0, 127, 128, 65536, 2 ^ 32, 2 ^ 40, -1, -2 ^ 40, 1.5,
+        true, false, {}, {1, 2, 3}, {a = 1, b = {c = 'd'}}, {'broadcast', string.rep('a', 64), 'ios', 0},
+        setmetatable({}, {__serialize = 'map'}), {[1] = 'x', [3] = 'sparse'}, 'utf-8 ünïcödé',
+    }
+    local utubes = {'', 'u', string.rep('sub-queue ', 5), 'ünïcödé'}
+    t:plan(#samples + #utubes + 1)
+    local tube = fresh('utubettl')
+    -- Everything but the id and the times (created, next event, ttl).
+    local function written(id)
+        local task = tube.space:get(id)
+        return msgpack.encode({task[2], task[5], task[6], task[8]}) .. msgpack.encode(task:transform(1, 8))
+    end
+    for i, data in ipairs(samples) do
+        local one = tube:put(data, {pri = 3, ttr = 5})[1]
+        local many = tube:put_many({data}, {pri = 3, ttr = 5})[1]
+        t:is(written(many), written(one), 'sample ' .. i)
+    end
+    for _, utube in ipairs(utubes) do
+        local one = tube:put('x', {utube = utube})[1]
+        local many = tube:put_many({'x'}, {utube = utube})[1]
+        t:is(written(many), written(one), "utube '" .. utube .. "'")
+    end
+    local fresh_ids = tube:put_many({1, 2})
+    t:is(tube.space:get(fresh_ids[2])[1], fresh_ids[2], 'ids as returned')
 end)
 
 test:test('ack_many deletes its tasks whatever the size of their ids', function(t)
