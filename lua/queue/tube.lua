@@ -15,10 +15,10 @@
 --
 -- The batch paths (put_many, take_many, ack_many, release_many) are what
 -- the dispatcher lives on: they count their own writes (queue/counts.lua),
--- read each field of a task once, create no closures and run no loop that
--- the one-task calls share, so LuaJIT keeps them compiled (a loop left
--- after one pass on each call gets blacklisted, and then runs at half
--- speed for good).
+-- insert and delete through the C API (queue/raw.lua), read each field of
+-- a task once, create no closures and run no loop that the one-task calls
+-- share, so LuaJIT keeps them compiled (a loop left after one pass on each
+-- call gets blacklisted, and then runs at half speed for good).
 local fiber = require('fiber')
 local state = require('queue.state')
 local raw = require('queue.raw')
