@@ -38,6 +38,7 @@ for _ = 1, ROUNDS do
     cost.ack = cost.ack + clock.proc() - c
 end
 local n = BATCH * ROUNDS
+assert(tube.space:len() == 0, 'every task taken and acked')
 print(string.format('%d tasks/s; CPU per task: put %.2f us, take %.2f us, ack %.2f us, all %.2f us',
     n / (clock.monotonic() - started), cost.put / n * 1e6, cost.take / n * 1e6, cost.ack / n * 1e6,
     (clock.proc() - cpu0) / n * 1e6))

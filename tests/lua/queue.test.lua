@@ -10,7 +10,7 @@ queue = require('queue')
 queue.start()
 
 local test = tap.test('queue')
-test:plan(27)
+test:plan(30)
 
 local function fresh(kind, opts)
     local name = 't' .. tostring(math.random(1, 1e9))
@@ -363,7 +363,7 @@ test:test('the queue refuses with coded errors: a bad argument, a task not held'
     t:is(code(tube.put, tube, 'x', 'not a map'), 10001, 'options not a map')
     t:is(code(tube.put_many, tube, 'not an array'), 10001, 'put_many of a non-array')
     t:is(code(tube.take_many, tube, 0, 0), 10001, 'bad count')
-    t:is(code(tube.touch, tube, 1, 0), 10001, 'touch by nothing')
+    t:is(code(tube.touch, tube, 1, -1), 10001, 'touch by a negative increment (0 does nothing, as in tarantool/queue)')
     t:is(code(tube.peek, tube, 424242), 10001, 'peek of a task that does not exist')
     t:is(code(queue.create_tube, 'bad name!', 'fifottl'), 10001, 'bad tube name')
     t:is(code(queue.statistics, 'no_such_tube'), 10001, 'statistics of no tube')
@@ -635,6 +635,96 @@ test:test('statistics reads a bounded number of tuples whatever the depth', func
     t:is(deep:take(0)[1], held[5000][1] + 1, 'and takes still start at the first free task')
     exact(t, deep, 'counts exact at depth')
     t:is(deep.recounts, 1, 'counted by walking only when the tube opened')
+end)
+
+test:test('put_many writes a task as put writes it, whatever its data', function(t)
+    local msgpack = require('msgpack')
+    local samples = {
+        'text', '', string.rep('long ', 100), 0, 127, 128, 65536, 2 ^ 32, 2 ^ 40, -1, -2 ^ 40, 1.5,
+        true, false, {}, {1, 2, 3}, {a = 1, b = {c = 'd'}}, {'broadcast', string.rep('a', 64), 'ios', 0},
+        setmetatable({}, {__serialize = 'map'}), {[1] = 'x', [3] = 'sparse'}, 'utf-8 ünïcödé',
+    }
+    local utubes = {'', 'u', string.rep('sub-queue ', 5), 'ünïcödé'}
+    t:plan(#samples + #utubes + 1)
+    local tube = fresh('utubettl')
+    -- Everything but the id and the times (created, next event, ttl).
+    local function written(id)
+        local task = tube.space:get(id)
+        return msgpack.encode({task[2], task[5], task[6], task[8]}) .. msgpack.encode(task:transform(1, 8))
+    end
+    for i, data in ipairs(samples) do
+        local one = tube:put(data, {pri = 3, ttr = 5})[1]
+        local many = tube:put_many({data}, {pri = 3, ttr = 5})[1]
+        t:is(written(many), written(one), 'sample ' .. i)
+    end
+    for _, utube in ipairs(utubes) do
+        local one = tube:put('x', {utube = utube})[1]
+        local many = tube:put_many({'x'}, {utube = utube})[1]
+        t:is(written(many), written(one), "utube '" .. utube .. "'")
+    end
+    local fresh_ids = tube:put_many({1, 2})
+    t:is(tube.space:get(fresh_ids[2])[1], fresh_ids[2], 'ids as returned')
+end)
+
+test:test('ack_many deletes its tasks whatever the size of their ids', function(t)
+    t:plan(4)
+    local tube = fresh()
+    -- Ids across every width of msgpack's unsigned integers.
+    for _, first in ipairs({120, 250, 65530, 2 ^ 32 - 5}) do
+        tube.next_id = first
+        tube:put_many({1, 2, 3, 4, 5, 6, 7, 8, 9, 10})
+        local ids = {}
+        for i, task in ipairs(tube:take_many(10, 0)) do
+            ids[i] = task[1]
+        end
+        local acked, skipped = tube:ack_many(ids)
+        t:ok(acked == 10 and #skipped == 0 and tube.space:len() == 0,
+             string.format('ids %d to %d: all acked and gone', first, first + 9))
+    end
+end)
+
+test:test('the calls leak nothing: Tarantool 2.6 keeps every transaction trigger', function(t)
+    t:plan(1)
+    local tube = fresh()
+    local atomic = require('queue.state').atomic
+    local function round()
+        local task = tube:put('one')
+        tube:take(0)
+        tube:ack(task[1])
+        tube:put_many({1, 2, 3})
+        local ids = {}
+        for i, taken in ipairs(tube:take_many(3, 0)) do
+            ids[i] = taken[1]
+        end
+        tube:release_many({ids[1], {ids[2], {delay = 60}}})
+        tube:ack_many({ids[3]})
+        tube:bury(ids[1])
+        tube:kick(1)
+        tube:delete(ids[1])
+        tube:delete(ids[2])
+        -- As the node's code does: a transaction of its own around the calls.
+        atomic(function()
+            tube:put('joined')
+        end)
+        tube:truncate()
+    end
+    local function registry_size()
+        collectgarbage('collect')
+        local n = 0
+        for _ in pairs(debug.getregistry()) do
+            n = n + 1
+        end
+        return n
+    end
+    for _ = 1, 50 do
+        round()
+    end
+    local before = registry_size()
+    for _ = 1, 500 do
+        round()
+    end
+    local grown = registry_size() - before
+    t:ok(grown < 100, string.format('500 rounds of every call: the Lua registry grew by %d', grown))
 end)
 
 helper.finish(test)
