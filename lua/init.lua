@@ -92,7 +92,6 @@ box.cfg({
     replication_connect_timeout = connect_timeout,
 })
 
-subscribers.node_name = cfg.name
 broadcasts.node_name = cfg.name
 -- A finite ttr on the dispatcher's tubes: whatever a stalled or vanished
 -- dispatcher holds is ready again after task_ttr_s, session or not.

@@ -66,7 +66,7 @@ async def test_every_wrapper_against_a_real_node(settings: Settings, store: Stor
     subscribers = Subscribers(store)
     one = await subscribers.put(Registration(apns_token(1), "u1", "ios", "news", ("sport",), "Europe/Paris", "fr"))
     assert isinstance(one, Subscriber) and (one.token, one.topics, one.tz, one.origin) == (
-        apns_token(1), ("sport",), "Europe/Paris", settings.node.name)
+        apns_token(1), ("sport",), "Europe/Paris", 1)  # the node's replica id
     regs = [Registration(fcm_token(i), f"u{i}", "android", "news") for i in range(2, 6)]
     assert await subscribers.put_many(regs) == 4
     assert (await subscribers.get(fcm_token(2)) or one).user_id == "u2"

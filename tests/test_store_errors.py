@@ -104,11 +104,13 @@ async def test_a_read_only_node_fails_retryably(settings: Settings, store: Store
 
 
 async def test_out_of_memory_fails_retryably(settings: Settings, store: Store) -> None:
-    # memtx_memory_mb is 64 in these tests: fill it with fat registrations.
-    topics = [f"topic-{i:03d}-" + "x" * 50 for i in range(100)]  # ~6 KB a device
+    # memtx_memory_mb is 64 in these tests: fill it with fat registrations,
+    # each with topics of its own (~6 KB a device: shared ones are stored once).
+    topics = [f"topic-{i:03d}-" + "x" * 50 for i in range(100)]
     with pytest.raises(StoreFailed) as e:
         for batch in range(100):
-            regs = [[f"tok-{batch}-{i}", f"user-{i}", "ios", "news", topics] for i in range(500)]
+            regs = [[f"tok-{batch}-{i}", f"user-{i}", "ios", "news", [f"own-{batch}-{i}", *topics]]
+                    for i in range(500)]
             await store.call("node.subscriber_put_many", (regs,))
     assert e.value.retryable and e.value.code == ErrorCode.ER_MEMORY_ISSUE
     assert "tok-" not in str(e.value), "the call's arguments stay out of the message"

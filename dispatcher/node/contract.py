@@ -32,7 +32,7 @@ from dispatcher.node.records import (
 from dispatcher.node.store import Store
 
 # The node's Lua schema version this code expects (lua/node/schema.lua).
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 async def connect(store: Store) -> dict[str, Any]:

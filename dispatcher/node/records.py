@@ -38,7 +38,7 @@ class Registration:
 
 @dataclass(frozen=True, slots=True)
 class Subscriber:
-    """A stored registration with its version (microseconds, writing node)."""
+    """A stored registration with its version (microseconds, the writing node's replica id)."""
 
     token: str
     user_id: str
@@ -47,14 +47,13 @@ class Subscriber:
     topics: tuple[str, ...]
     tz: str
     locale: str
-    created: float
     updated_us: int
-    origin: str
+    origin: int
 
     @classmethod
     def from_map(cls, m: dict[str, Any]) -> Subscriber:
         return cls(m["token"], m["user_id"], m["platform"], m["app"], tuple(m["topics"]), m["tz"], m["locale"],
-                   m["created"], m["updated_us"], m["origin"])
+                   m["updated_us"], m["origin"])
 
 
 @dataclass(frozen=True, slots=True)

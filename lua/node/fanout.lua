@@ -36,7 +36,6 @@ local atomic = require('queue.state').atomic
 local M = {}
 
 local B = schema.BROADCAST
-local S = schema.SUBSCRIBER
 local H = schema.FANOUT_HOLDER
 local O = schema.FANOUT_OUTBOX
 local P_VERSION = schema.VERSIONED.fanout_page
@@ -110,7 +109,7 @@ local function enqueue(row, rows)
     local due_at
     if zones ~= nil then
         local fallback = zones.UTC or fiber.time()
-        due_at = function(t) return zones[t[S.tz]] or fallback end
+        due_at = function(profile) return zones[profile.tz] or fallback end
     end
     return send_tasks.put_for('b', row[B.id], rows, row[B.spec].ttl_s, due_at)
 end

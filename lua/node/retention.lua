@@ -11,6 +11,7 @@
 -- deletes replicate, and a node deleting a row already gone does nothing.
 local fiber = require('fiber')
 local log = require('log')
+local profiles = require('node.profiles')
 local schema = require('node.schema')
 local broadcasts = require('node.broadcasts')
 local dead_letters = require('node.dead_letters')
@@ -98,7 +99,7 @@ local function purge_tombstones(before)
         after = {page[#page][S.user_id], page[#page][S.token]}
         local dead = {}
         for _, t in ipairs(page) do
-            if t[S.deleted] and t[S.updated] < before then
+            if t[S.profile] == profiles.NONE and t[S.updated] < before then
                 table.insert(dead, t[S.token])
             end
         end

@@ -11,8 +11,16 @@ local M = {}
 local VERSION_KEY = 'dispatcher_schema_version'
 
 -- Field numbers shared with the code that reads and writes these spaces.
-M.SUBSCRIBER = {token = 1, user_id = 2, platform = 3, app = 4, topics = 5, tz = 6,
-                locale = 7, created = 8, updated = 9, origin = 10, deleted = 11}
+-- A device: its token as tokens.lua stores it, the id of its profile (what
+-- it is: platform, app, topics, tz, locale; profiles.lua), 0 once removed,
+-- and its version: origin is the writing node's replica id (a byte, where
+-- its name took 6 to 20).
+M.SUBSCRIBER = {token = 1, user_id = 2, profile = 3, updated = 4, origin = 5}
+-- A device row before schema version 7, for the migration and for the
+-- version rule while rows in this layout may still arrive.
+M.SUBSCRIBER_6 = {token = 1, user_id = 2, platform = 3, app = 4, topics = 5, tz = 6,
+                  locale = 7, created = 8, updated = 9, origin = 10, deleted = 11}
+M.PROFILE = {id = 1, key = 2, platform = 3, app = 4, topics = 5, tz = 6, locale = 7}
 M.BROADCAST = {id = 1, idempotency_key = 2, state = 3, created = 4, updated = 5,
                origin = 6, spec = 7, finished = 8, zones = 9, totals = 10}
 M.PROGRESS = {broadcast_id = 1, node = 2, counters = 3, updated = 4, origin = 5}
@@ -35,7 +43,8 @@ M.SEND_TASK = {kind = 1, ref = 2, token = 3, platform = 4, expires_at = 5, attem
 
 -- Replicated spaces and where their version lives (see versioned.lua).
 M.VERSIONED = {
-    subscriber = {updated = M.SUBSCRIBER.updated, origin = M.SUBSCRIBER.origin},
+    subscriber = {updated = M.SUBSCRIBER.updated, origin = M.SUBSCRIBER.origin,
+                  older_layout = {width = M.SUBSCRIBER_6.deleted, updated = M.SUBSCRIBER_6.updated}},
     broadcast = {updated = M.BROADCAST.updated, origin = M.BROADCAST.origin,
                  rank = function(row) return M.BROADCAST_STATES[row[M.BROADCAST.state]] or 0 end},
     progress = {updated = M.PROGRESS.updated, origin = M.PROGRESS.origin},
@@ -245,18 +254,83 @@ migrations[6] = function()
     d:create_index('broadcast_reason', {parts = {broadcast, reason, id}, if_not_exists = true})
 end
 
+-- Lean device rows: a token in a compact form (tokens.lua), what the
+-- device is as the id of a shared profile (profiles.lua), no deleted flag
+-- (a removed device has profile 0), no creation time (nothing read it),
+-- the origin as a replica id: 233 -> about 155 MiB of Tarantool memory per
+-- million devices. Rows change in place, a batch a transaction, each
+-- keeping its version (origin 0: from before), and a replica's version
+-- rule reads either layout (versioned.lua), so the rewrites replicate like
+-- any write.
+local function subscriber_7(t)
+    local O = M.SUBSCRIBER_6
+    local profiles = require('node.profiles')
+    local profile = profiles.NONE
+    if not t[O.deleted] then
+        profile = profiles.intern(t[O.platform], t[O.app], t[O.topics], t[O.tz], t[O.locale])
+    end
+    return {require('node.tokens').encode(t[O.token]), t[O.user_id], profile, t[O.updated], 0}
+end
+
+migrations[7] = function()
+    local p = box.schema.space.create('profile', {
+        id = 523,
+        if_not_exists = true,
+        format = {
+            {name = 'id', type = 'unsigned'},
+            {name = 'key', type = 'string'},
+            {name = 'platform', type = 'string'},
+            {name = 'app', type = 'string'},
+            {name = 'topics', type = 'array'},
+            {name = 'tz', type = 'string'},
+            {name = 'locale', type = 'string'},
+        },
+    })
+    p:create_index('id', {parts = {{'id', 'unsigned'}}, if_not_exists = true})
+    p:create_index('key', {parts = {{'key', 'string'}}, unique = false, if_not_exists = true})
+    local s = box.space.subscriber
+    -- Either layout fits while the rows change.
+    s:format({{name = 'token', type = 'string'}, {name = 'user_id', type = 'string'}})
+    local after
+    repeat
+        local page = s.index.user:select(after or {}, {iterator = after and 'GT' or 'GE', limit = 1000})
+        box.atomic(function()
+            for _, t in ipairs(page) do
+                if #t >= M.SUBSCRIBER_6.deleted then
+                    local new = subscriber_7(t)
+                    if new[1] ~= t[1] then
+                        s:delete(t[1])
+                    end
+                    s:replace(new)
+                end
+            end
+        end)
+        if #page > 0 then
+            after = {page[#page][2], page[#page][1]}
+        end
+    until #page == 0
+    s:format({
+        {name = 'token', type = 'string'},
+        {name = 'user_id', type = 'string'},
+        {name = 'profile', type = 'unsigned'},
+        {name = 'updated', type = 'unsigned'},
+        {name = 'origin', type = 'unsigned'},
+    })
+end
+
 function M.version()
     local row = box.space._schema:get(VERSION_KEY)
     return row and row[2] or 0
 end
 
--- Applies the pending migrations in order. A read-only node (a replica
--- whose peers own the schema) applies none and gets them by replication.
-function M.migrate()
+-- Applies the pending migrations in order, up to `target` (a test's; nil:
+-- all). A read-only node (a replica whose peers own the schema) applies
+-- none and gets them by replication.
+function M.migrate(target)
     if box.info.ro then
         return M.version()
     end
-    for v = M.version() + 1, #migrations do
+    for v = M.version() + 1, target or #migrations do
         migrations[v]()
         box.space._schema:replace({VERSION_KEY, v})
     end

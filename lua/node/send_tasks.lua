@@ -8,7 +8,9 @@
 -- first_attempt_at are epoch seconds (0: not tried yet); suspect: the
 -- gateway called the token dead once, a second verdict removes the device.
 local errors = require('node.errors')
+local profiles = require('node.profiles')
 local schema = require('node.schema')
+local tokens = require('node.tokens')
 
 local S = schema.SUBSCRIBER
 local F = schema.SEND_TASK
@@ -42,22 +44,23 @@ function M.fresh(data, expires_at)
 end
 
 -- Puts send tasks of one message for the devices `rows` (subscriber rows),
--- one put_many per (platform, delay). `due_at(row)` (or nil: now) is when
--- a device's task becomes ready, epoch seconds. Returns the count per
--- platform.
+-- one put_many per (platform, delay). `due_at(profile)` (or nil: now) is
+-- when the task of a device with that profile becomes ready, epoch
+-- seconds. Returns the count per platform.
 function M.put_for(kind, ref, rows, ttl_s, due_at)
     local now = require('fiber').time()
     local groups = {}
     for _, t in ipairs(rows) do
-        local delay = due_at and math.max(0, due_at(t) - now) or 0
-        local platform = t[S.platform]
+        local p = profiles.get(t[S.profile])
+        local delay = due_at and math.max(0, due_at(p) - now) or 0
+        local platform = p.platform
         local gkey = platform .. '/' .. delay
         local group = groups[gkey]
         if group == nil then
             group = {platform = platform, delay = delay, items = {}}
             groups[gkey] = group
         end
-        table.insert(group.items, M.new(kind, ref, t[S.token], platform, now + delay + ttl_s, t[S.app]))
+        table.insert(group.items, M.new(kind, ref, tokens.decode(t[S.token]), platform, now + delay + ttl_s, p.app))
     end
     local counts = setmetatable({}, {__serialize = 'map'})
     for _, g in pairs(groups) do
@@ -68,15 +71,15 @@ function M.put_for(kind, ref, rows, ttl_s, due_at)
 end
 
 -- A one-off push: `message` ({message, collapse_key}) to the devices of
--- `tokens` still registered, due now, living `ttl_s`. Returns {enqueued}.
-function M.push(tokens, message, ttl_s)
-    if type(tokens) ~= 'table' or type(message) ~= 'table' or type(ttl_s) ~= 'number' or ttl_s <= 0 then
+-- `device_tokens` still registered, due now, living `ttl_s`. Returns {enqueued}.
+function M.push(device_tokens, message, ttl_s)
+    if type(device_tokens) ~= 'table' or type(message) ~= 'table' or type(ttl_s) ~= 'number' or ttl_s <= 0 then
         errors.raise(errors.INVALID, 'push: takes tokens (an array), message (a map) and ttl_s (> 0)')
     end
     local rows = {}
-    for _, token in ipairs(tokens) do
-        local t = box.space.subscriber:get(token)
-        if t ~= nil and not t[S.deleted] then
+    for _, token in ipairs(device_tokens) do
+        local t = box.space.subscriber:get(tokens.encode(token))
+        if t ~= nil and t[S.profile] ~= profiles.NONE then
             table.insert(rows, t)
         end
     end

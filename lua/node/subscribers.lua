@@ -4,7 +4,9 @@
 -- marked deleted (a tombstone), so a removal and a concurrent update on
 -- another node resolve by version like any other pair of writes.
 local errors = require('node.errors')
+local profiles = require('node.profiles')
 local schema = require('node.schema')
+local tokens = require('node.tokens')
 local versioned = require('node.versioned')
 
 local fiber = require('fiber')
@@ -20,7 +22,7 @@ local SCAN_FACTOR = 8
 
 local atomic = require('queue.state').atomic
 
-local M = {node_name = 'node1'}
+local M = {}
 
 -- A bad argument: the message names the field, for the client.
 local function invalid(fmt, ...)
@@ -40,12 +42,13 @@ local function check_optional_string(value, field)
 end
 
 local function live(t)
-    return t ~= nil and not t[S.deleted]
+    return t ~= nil and t[S.profile] ~= profiles.NONE
 end
+M.live = live
 
 -- Validates one registration {token, user_id, platform, app, topics, tz,
 -- locale} and returns the stored row for it.
-local function row_for(reg, now_s)
+local function row_for(reg, origin)
     if type(reg) ~= 'table' then
         invalid('a registration must be an array, got %s', type(reg))
     end
@@ -65,10 +68,10 @@ local function row_for(reg, now_s)
     end
     check_optional_string(tz, 'tz')
     check_optional_string(locale, 'locale')
-    local old = box.space.subscriber:get(token)
-    local created = live(old) and old[S.created] or now_s
-    return {token, user_id, platform, app, topics, tz or 'UTC', locale or '',
-            created, versioned.next_version(old, VERSION), M.node_name, false}
+    local key = tokens.encode(token)
+    local old = box.space.subscriber:get(key)
+    return {key, user_id, profiles.intern(platform, app, topics, tz or 'UTC', locale or ''),
+            versioned.next_version(old, VERSION), origin}
 end
 
 -- Registers or updates many devices in one transaction; returns the count.
@@ -76,10 +79,10 @@ function M.put_many(regs)
     if type(regs) ~= 'table' then
         invalid('registrations must be an array, got %s', type(regs))
     end
-    local now_s = math.floor(fiber.time()) -- whole seconds: 4 bytes a device less than a double
-    atomic(function()
+    local origin = box.info.id -- this node's replica id
+    atomic(function() -- the rows and the profiles they use
         for _, reg in ipairs(regs) do
-            box.space.subscriber:replace(row_for(reg, now_s))
+            box.space.subscriber:replace(row_for(reg, origin))
         end
     end)
     return #regs
@@ -87,7 +90,7 @@ end
 
 function M.put(token, user_id, platform, app, topics, tz, locale)
     M.put_many({{token, user_id, platform, app, topics, tz, locale}})
-    return box.space.subscriber:get(token)
+    return M.get(token)
 end
 
 -- What clients read: named fields, never positions.
@@ -95,9 +98,9 @@ function M.to_map(t)
     if t == nil then
         return nil
     end
-    return {token = t[S.token], user_id = t[S.user_id], platform = t[S.platform], app = t[S.app],
-            topics = t[S.topics], tz = t[S.tz], locale = t[S.locale], created = t[S.created],
-            updated_us = t[S.updated], origin = t[S.origin]}
+    local p = profiles.get(t[S.profile])
+    return {token = tokens.decode(t[S.token]), user_id = t[S.user_id], platform = p.platform, app = p.app,
+            topics = p.topics, tz = p.tz, locale = p.locale, updated_us = t[S.updated], origin = t[S.origin]}
 end
 
 function M.to_maps(rows)
@@ -109,7 +112,7 @@ function M.to_maps(rows)
 end
 
 function M.get(token)
-    local t = box.space.subscriber:get(token)
+    local t = box.space.subscriber:get(tokens.encode(token))
     if live(t) then
         return t
     end
@@ -127,14 +130,15 @@ end
 
 -- Marks the device removed; returns true if it was registered.
 function M.remove(token)
-    local old = box.space.subscriber:get(token)
+    local key = tokens.encode(token)
+    local old = box.space.subscriber:get(key)
     if not live(old) then
         return false
     end
-    box.space.subscriber:update(token, {
-        {'=', S.deleted, true},
+    box.space.subscriber:update(key, {
+        {'=', S.profile, profiles.NONE},
         {'=', S.updated, versioned.next_version(old, VERSION)},
-        {'=', S.origin, M.node_name},
+        {'=', S.origin, box.info.id},
     })
     return true
 end
@@ -164,32 +168,53 @@ local function contains_any(have, wanted)
     return false
 end
 
-local function matches(t, audience)
-    return live(t)
-        and (audience.app == nil or t[S.app] == audience.app)
-        and (audience.platform == nil or t[S.platform] == audience.platform)
-        and (audience.topics == nil or #audience.topics == 0
-             or contains_any(t[S.topics], audience.topics))
+local function profile_matches(p, audience)
+    return (audience.app == nil or p.app == audience.app)
+        and (audience.platform == nil or p.platform == audience.platform)
+        and (audience.topics == nil or #audience.topics == 0 or contains_any(p.topics, audience.topics))
+end
+
+-- A filter of rows for `audience`, deciding once per profile.
+local function matcher(audience)
+    local verdicts = {[profiles.NONE] = false}
+    return function(t)
+        local id = t[S.profile]
+        local v = verdicts[id]
+        if v == nil then
+            v = profile_matches(profiles.get(id), audience)
+            verdicts[id] = v
+        end
+        return v
+    end
 end
 
 local user_key_def
 
--- Row t's (user_id, token) against a cursor: <0 before it, 0 at, >0 past.
-local function compare(t, cursor)
-    user_key_def = user_key_def or key_def.new(box.space.subscriber.index.user.parts)
-    return user_key_def:compare_with_key(t, cursor)
-end
-
+-- Cursors are {user_id, token} as clients know them (they travel in
+-- fan-out tasks through the dispatcher); the index holds stored tokens.
 local function cursor_of(t)
-    return {t[S.user_id], t[S.token]}
+    return {t[S.user_id], tokens.decode(t[S.token])}
 end
 
-local function rows_after(after)
+local function index_key(cursor)
+    if cursor == nil or #cursor == 0 then
+        return nil
+    end
+    return {cursor[1], tokens.encode(cursor[2])}
+end
+
+-- Row t's (user_id, token) against an index key: <0 before it, 0 at, >0 past.
+local function compare(t, key)
+    user_key_def = user_key_def or key_def.new(box.space.subscriber.index.user.parts)
+    return user_key_def:compare_with_key(t, key)
+end
+
+local function rows_after(key)
     local index = box.space.subscriber.index.user
-    if after == nil or #after == 0 then
+    if key == nil then
         return index:pairs({}, {iterator = 'GE'})
     end
-    return index:pairs(after, {iterator = 'GT'})
+    return index:pairs(key, {iterator = 'GT'})
 end
 
 -- The audience's rows in (user_id, token) order in (after, upto] (nil:
@@ -197,9 +222,10 @@ end
 -- more than `budget` rows. Returns the rows and the cursor to continue
 -- from (the key of the last row looked at), or nil when the range is done.
 function M.scan(after, upto, audience, limit, budget)
-    audience = audience or {}
+    local matches = matcher(audience or {})
+    upto = index_key(upto)
     local rows = {}
-    for _, t in rows_after(after) do
+    for _, t in rows_after(index_key(after)) do
         local last = false
         if upto ~= nil then
             local c = compare(t, upto)
@@ -208,7 +234,7 @@ function M.scan(after, upto, audience, limit, budget)
             end
             last = c == 0
         end
-        if matches(t, audience) then
+        if matches(t) then
             table.insert(rows, t)
         end
         if last then
@@ -239,18 +265,16 @@ end
 -- offsets are walked in C, and the fiber yields between cuts.
 function M.cuts(after, upto, step, max_parts)
     local index = box.space.subscriber.index.user
+    upto = index_key(upto)
+    local key = index_key(after)
     local out = {}
     while #out < max_parts - 1 do
-        local key, iterator = after, 'GT'
-        if after == nil or #after == 0 then
-            key, iterator = {}, 'GE'
-        end
-        local t = index:select(key, {iterator = iterator, offset = step - 1, limit = 1})[1]
+        local t = index:select(key or {}, {iterator = key and 'GT' or 'GE', offset = step - 1, limit = 1})[1]
         if t == nil or (upto ~= nil and compare(t, upto) >= 0) then
             break
         end
-        after = cursor_of(t)
-        table.insert(out, after)
+        key = {t[S.user_id], t[S.token]}
+        table.insert(out, cursor_of(t))
         fiber.yield()
     end
     return out

@@ -14,6 +14,18 @@ local M = {}
 local watched = {}
 local installed = {}
 
+-- A row's (updated, origin). A space whose rows changed layout names the
+-- older one (spec.older_layout: its width and version field), so rows of
+-- either layout compare while a migration's rewrites replicate; of two with
+-- one time, the older layout's gives way.
+local function version(row, spec)
+    local older = spec.older_layout
+    if older ~= nil and #row >= older.width then
+        return row[older.updated], -1
+    end
+    return row[spec.updated], row[spec.origin]
+end
+
 -- Is row `a` older than row `b`? A space whose rows move through ranks
 -- (spec.rank: a broadcast's lifecycle) compares ranks first, so a later
 -- state wins whatever the clocks of the nodes that wrote them. Ties on
@@ -25,11 +37,12 @@ local function older(a, b, spec)
             return ra < rb
         end
     end
-    local ua, ub = a[spec.updated], b[spec.updated]
+    local ua, oa = version(a, spec)
+    local ub, ob = version(b, spec)
     if ua ~= ub then
         return ua < ub
     end
-    return a[spec.origin] < b[spec.origin]
+    return oa < ob
 end
 
 function M.rule(spec)

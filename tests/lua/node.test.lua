@@ -27,20 +27,29 @@ test:test('migrations are idempotent and use explicit ids', function(t)
 end)
 
 test:test('replicated rows keep the newer version whatever the arrival order', function(t)
-    t:plan(5)
+    t:plan(8)
     local S = schema.SUBSCRIBER
-    local function row(updated, origin, app)
-        return {'tok-v', 'u', 'ios', app, {}, 'UTC', '', 0, updated, origin, false}
+    -- Rows told apart by their profile field.
+    local function row(updated, origin, mark)
+        return {'tok-v', 'u', mark, updated, origin}
     end
-    box.space.subscriber:replace(row(200, 'node2', 'new'))
-    box.space.subscriber:replace(row(100, 'node1', 'old'))
-    t:is(box.space.subscriber:get('tok-v')[S.app], 'new', 'an older row arriving later is ignored')
-    box.space.subscriber:replace(row(300, 'node1', 'newest'))
-    t:is(box.space.subscriber:get('tok-v')[S.app], 'newest', 'a newer row wins')
-    box.space.subscriber:replace(row(300, 'node0', 'tie-low'))
-    t:is(box.space.subscriber:get('tok-v')[S.app], 'newest', 'same time: the higher origin wins')
-    box.space.subscriber:replace(row(300, 'node9', 'tie-high'))
-    t:is(box.space.subscriber:get('tok-v')[S.app], 'tie-high', 'in either order')
+    box.space.subscriber:replace(row(200, 2, 2))
+    box.space.subscriber:replace(row(100, 1, 1))
+    t:is(box.space.subscriber:get('tok-v')[S.profile], 2, 'an older row arriving later is ignored')
+    box.space.subscriber:replace(row(300, 1, 3))
+    t:is(box.space.subscriber:get('tok-v')[S.profile], 3, 'a newer row wins')
+    box.space.subscriber:replace(row(300, 0, 4))
+    t:is(box.space.subscriber:get('tok-v')[S.profile], 3, 'same time: the higher origin wins')
+    box.space.subscriber:replace(row(300, 9, 5))
+    t:is(box.space.subscriber:get('tok-v')[S.profile], 5, 'in either order')
+    -- A row from before schema 7 (11 fields, version in fields 9 and 10)
+    -- against one after it: the rule reads each row's own layout.
+    local rule = versioned.rule(schema.VERSIONED.subscriber)
+    local before7 = {'tok-v', 'u', 'ios', 'news', {}, 'UTC', '', 0, 300, 'node5', false}
+    t:is(rule(before7, row(300, 0, 6))[S.profile], 6, 'a rewrite keeping the version replaces the old layout')
+    t:is(rule(row(400, 1, 7), before7)[S.profile], 7, 'an older row in the old layout loses')
+    t:is(rule(row(200, 1, 7), before7)[3], 'ios', 'a newer row in the old layout wins')
+    box.space.subscriber:delete('tok-v') -- its profiles are made up
     box.space.progress:replace({'b1', 'node1', {sent = 5}, 50, 'node1'})
     box.space.progress:replace({'b1', 'node1', {sent = 1}, 40, 'node1'})
     t:is(box.space.progress:get({'b1', 'node1'})[3].sent, 5, 'progress rows are versioned too')
@@ -48,20 +57,21 @@ end)
 
 test:test('subscriber writes and reads', function(t)
     t:plan(10)
-    subscribers.node_name = 'nodeA'
     local s = subscribers.put('tok1', 'user1', 'ios', 'news', {'sport'}, 'Europe/Paris', 'fr')
-    t:is(s[1], 'tok1', 'registered')
-    local created = s[schema.SUBSCRIBER.created]
+    t:is_deeply(subscribers.to_map(s), {token = 'tok1', user_id = 'user1', platform = 'ios', app = 'news',
+                                        topics = {'sport'}, tz = 'Europe/Paris', locale = 'fr',
+                                        updated_us = s[schema.SUBSCRIBER.updated], origin = box.info.id},
+                'registered, read back by name, written by this replica')
     local v1 = s[schema.SUBSCRIBER.updated]
     local s2 = subscribers.put('tok1', 'user1', 'ios', 'news', {'sport', 'tech'}, 'Europe/Paris', 'fr')
     t:ok(s2[schema.SUBSCRIBER.updated] > v1, 'an update gets a newer version')
-    t:is(s2[schema.SUBSCRIBER.created], created, 'and keeps its creation time')
+    t:is_deeply(subscribers.to_map(s2).topics, {'sport', 'tech'}, 'and its new topics')
     subscribers.put('tok2', 'user1', 'android', 'news', {}, nil, nil)
     t:is(#subscribers.of_user('user1'), 2, 'both devices of the user')
     t:ok(subscribers.remove('tok1'), 'remove says it was there')
     t:is(subscribers.get('tok1'), nil, 'removed device is not found')
     t:is(#subscribers.of_user('user1'), 1, 'nor listed')
-    t:is(box.space.subscriber:get('tok1')[schema.SUBSCRIBER.deleted], true, 'a tombstone stays to replicate')
+    t:is(box.space.subscriber:get('tok1')[schema.SUBSCRIBER.profile], 0, 'a tombstone (no profile) stays to replicate')
     t:ok(not subscribers.remove('tok1'), 'second remove says it was not there')
     local ok, err = pcall(subscribers.put, 'tok3', 'u', 'windows', 'news')
     t:like(tostring(err), "platform must be 'ios' or 'android'", 'bad platform refused: ' .. tostring(ok))
@@ -103,7 +113,7 @@ test:test('audience pages in cursor order', function(t)
         rows, cursor = subscribers.page(cursor, 7, {app = 'horoscope', platform = 'ios'})
         calls = calls + 1
         for _, r in ipairs(rows) do
-            table.insert(seen, r[1])
+            table.insert(seen, subscribers.to_map(r).token)
         end
     until cursor == nil
     t:is(#seen, 50, 'every ios device of the app, once')

@@ -38,7 +38,7 @@ local function counts()
     end
     local tombstones = 0
     for _, t in box.space.subscriber:pairs() do
-        if t[schema.SUBSCRIBER.deleted] then
+        if t[schema.SUBSCRIBER.profile] == 0 then -- a tombstone
             tombstones = tombstones + 1
         end
     end
