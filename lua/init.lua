@@ -1,5 +1,6 @@
 -- A node's Tarantool: `tarantool lua/init.lua`, settings from NODE_*
 -- environment variables or a JSON file (see node/config.lua).
+local fiber = require('fiber')
 local fio = require('fio')
 local log = require('log')
 local console = require('console')
@@ -102,8 +103,23 @@ end
 -- first member), the others wait for its changes, so two nodes never run
 -- the same DDL at once.
 local schema_owner = box.info.id == 1
+schema.announce()
 if schema_owner then
-    schema.migrate()
+    local version, waiting = schema.migrate_when_ready()
+    if #waiting > 0 then
+        -- Members that have not said they run this release: nodes of a new
+        -- cluster still joining (for a moment), or of an older release
+        -- during an upgrade (until theirs).
+        log.warn('node %s: schema stays at version %d until every member says it runs this release; '
+                 .. 'waiting for %s', cfg.name, version, table.concat(waiting, ', '))
+        fiber.create(function()
+            repeat
+                fiber.sleep(1)
+                version, waiting = schema.migrate_when_ready()
+            until #waiting == 0
+            log.info('node %s: schema migrated to version %d', cfg.name, version)
+        end)
+    end
 elseif not schema.await(schema.LATEST, 60) then
     log.warn('node %s: schema is at version %d, %d expected; waiting on the replica set\'s first member',
              cfg.name, schema.version(), schema.LATEST)

@@ -6,11 +6,15 @@ real node, answering typed records."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import re
 import time
 from pathlib import Path
 
+import pytest
+
 from dispatcher.core.config import Settings
+from dispatcher.core.errors import NodeMisconfigured
 from dispatcher.node.contract import (
     SCHEMA_VERSION,
     Broadcasts,
@@ -24,8 +28,10 @@ from dispatcher.node.contract import (
 from dispatcher.node.queue import Queue
 from dispatcher.node.records import Audience, Broadcast, Orphan, Registration, Scope, Step, Subscriber
 from dispatcher.node.store import Store
+from dispatcher.node.tarantool_process import TarantoolProcess
 from dispatcher.node.tasks import SendTask
 from dispatcher.work.settle import ack, bury, release
+from tests.admin import console
 from tests.conftest import apns_token, fcm_token
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,3 +147,37 @@ async def test_every_wrapper_against_a_real_node(settings: Settings, store: Stor
     assert isinstance(held, Orphan) and held.broadcast == far.id
     await fanout.reissue([held])
     assert [o.broadcast for o in await fanout.orphans([settings.node.name])] == [far.id]
+
+
+async def test_a_node_whose_schema_is_behind_is_waited_for(settings: Settings, tarantool: TarantoolProcess) -> None:
+    """An upgrade in progress: the node's schema owner migrates once every
+    node runs this release, and the dispatcher waits for it (up to
+    startup_timeout_s) instead of exiting; a schema ahead of this release
+    is a mistake, refused at once."""
+    data = settings.node.data_dir
+
+    def set_version(v: int) -> None:
+        console(data, f"box.space._schema:replace({{'dispatcher_schema_version', {v}}})")
+
+    set_version(SCHEMA_VERSION - 1)
+    store = Store(settings.tarantool)
+    waiting = asyncio.create_task(connect(store))
+    await asyncio.sleep(1.5)
+    assert not waiting.done(), "waits while the schema is behind"
+    set_version(SCHEMA_VERSION)
+    assert (await asyncio.wait_for(waiting, 5))["schema_version"] == SCHEMA_VERSION
+    await store.close()
+
+    set_version(SCHEMA_VERSION - 1)
+    impatient = Store(settings.tarantool.model_copy(update={"startup_timeout_s": 1.0}))
+    started = time.monotonic()
+    with pytest.raises(NodeMisconfigured, match=f"schema version {SCHEMA_VERSION - 1}, this dispatcher needs"):
+        await connect(impatient)
+    assert 1.0 <= time.monotonic() - started < 5, "gave up after startup_timeout_s"
+
+    set_version(SCHEMA_VERSION + 1)
+    started = time.monotonic()
+    with pytest.raises(NodeMisconfigured, match=f"schema version {SCHEMA_VERSION + 1}"):
+        await connect(Store(settings.tarantool))
+    assert time.monotonic() - started < 1, "a schema ahead of this release is refused at once"
+    set_version(SCHEMA_VERSION)

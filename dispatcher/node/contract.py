@@ -6,7 +6,10 @@ a real node."""
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,11 +36,18 @@ from dispatcher.node.store import Store
 
 # The node's Lua schema version this code expects (lua/node/schema.lua).
 SCHEMA_VERSION = 7
+# How often a node whose schema is behind is asked again while its replica
+# set's first member has not migrated yet (it waits for every node to run
+# this release: an upgrade in progress).
+_SCHEMA_POLL_S = 0.5
+
+log = logging.getLogger(__name__)
 
 
 async def connect(store: Store) -> dict[str, Any]:
     """Connects, and checks that the other end is a dispatcher node of this
-    release's schema. Returns its ``node.info``."""
+    release's schema; one whose schema is behind (an upgrade in progress) is
+    waited for up to ``startup_timeout_s``. Returns its ``node.info``."""
     await store.connect()
     where = f"Tarantool at {store.address}"
     try:
@@ -48,12 +58,24 @@ async def connect(store: Store) -> dict[str, Any]:
     except StoreFailed as e:
         await store.close()
         raise NodeMisconfigured(f"{where}: node.info failed: {e}") from None
-    if info.get("schema_version") != SCHEMA_VERSION:
-        await store.close()
-        raise NodeMisconfigured(
-            f"{where} has schema version {info.get('schema_version')}, this dispatcher "
-            f"needs {SCHEMA_VERSION}: run the same release of lua/ and dispatcher/"
-        )
+    deadline = time.monotonic() + store.startup_timeout_s
+    said = False
+    while (version := info.get("schema_version")) != SCHEMA_VERSION:
+        behind = isinstance(version, int) and version < SCHEMA_VERSION
+        if not behind or time.monotonic() > deadline:
+            await store.close()
+            raise NodeMisconfigured(
+                f"{where} has schema version {version}, this dispatcher needs {SCHEMA_VERSION}: run the same "
+                "release of lua/ and dispatcher/ on every node (the replica set's first member migrates "
+                "once all of them run it)"
+            )
+        if not said:
+            log.info("%s has schema version %s, this dispatcher needs %s: waiting for the replica set's "
+                     "first member to migrate (once every node says it runs this release)", where, version,
+                     SCHEMA_VERSION)
+            said = True
+        await asyncio.sleep(_SCHEMA_POLL_S)
+        info = await Status(store).info()
     return info
 
 

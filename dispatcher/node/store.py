@@ -74,6 +74,10 @@ class Store:
         return self._settings.address
 
     @property
+    def startup_timeout_s(self) -> float:
+        return self._settings.startup_timeout_s
+
+    @property
     def connected(self) -> bool:
         return bool(self._conn.is_connected)
 

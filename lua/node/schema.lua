@@ -337,6 +337,56 @@ function M.migrate(target)
     return M.version()
 end
 
+-- Migrations whose rows a node of an older release cannot read (nor
+-- write in a way the new format takes): they wait until every member of
+-- the replica set runs code that knows them, whatever order operators
+-- upgrade nodes in.
+local BREAKING = {[7] = true}
+local CODE_KEY = 'dispatcher_code_schema:'
+
+-- Says, for the replica set, which schema this node's code knows. Written
+-- once the node is writable (a joining node is read-only for a while).
+function M.announce()
+    local function say()
+        box.space._schema:replace({CODE_KEY .. box.info.uuid, #migrations})
+    end
+    if not box.info.ro then
+        return say()
+    end
+    require('fiber').create(function()
+        while box.info.ro do
+            require('fiber').sleep(0.2)
+        end
+        say()
+    end)
+end
+
+-- Members (uuids) whose code has not said it knows schema version `v`.
+function M.behind(v)
+    local out = {}
+    for _, member in box.space._cluster:pairs() do
+        local said = box.space._schema:get(CODE_KEY .. member[2])
+        if said == nil or said[2] < v then
+            table.insert(out, member[2])
+        end
+    end
+    return out
+end
+
+-- Applies the pending migrations up to the first breaking one that some
+-- member's code does not know. Returns the version reached and the members
+-- it waits for (empty: all applied).
+function M.migrate_when_ready()
+    for v = M.version() + 1, #migrations do
+        local waiting = BREAKING[v] and M.behind(v) or {}
+        if #waiting > 0 then
+            return M.version(), waiting
+        end
+        M.migrate(v)
+    end
+    return M.version(), {}
+end
+
 -- Waits up to timeout_s for the schema (replicated from the node that owns
 -- it) to reach `version`. Returns whether it did.
 function M.await(version, timeout_s)
