@@ -206,7 +206,6 @@ class Pushes:
         return skipped
 
 
-
 class DeadLetters:
     """The pushes this node gave up on (node-local), for operators: a call
     takes at most MAX_LIMIT letters, newest first, in one transaction, and
@@ -234,7 +233,7 @@ class DeadLetters:
         return Purged(m["purged"], m["missing"], m["next"])
 
     async def _call(self, function: str, scope: Scope, opts: dict[str, Any]) -> dict[str, Any]:
-        answer: dict[str, Any] = (await self._store.call(function, (scope.wire(), given(opts))))[0]
+        answer: dict[str, Any] = await _one(self._store, function, scope.wire(), given(opts))
         return answer
 
 

@@ -20,6 +20,7 @@ local atomic = require('queue.state').atomic
 
 local B = schema.BROADCAST
 local S = schema.SUBSCRIBER
+local D = schema.DEAD_LETTER
 local DAY_S = 86400
 -- Rows per transaction, and the pause between transactions.
 local BATCH = 500
@@ -27,9 +28,23 @@ local PAUSE_S = 0.001
 
 local M = {}
 
+-- Deletes `keys` in one transaction (`before_delete(key)`, if given, runs
+-- first for each), then pauses. Returns how many rows went.
+local function delete_batch(space, keys, before_delete)
+    atomic(function()
+        for _, key in ipairs(keys) do
+            if before_delete ~= nil then
+                before_delete(key)
+            end
+            space:delete(key)
+        end
+    end)
+    fiber.sleep(PAUSE_S)
+    return #keys
+end
+
 -- Deletes, a transaction per batch, the keys `next_batch()` gives until it
--- gives none (`before_delete(key)`, if given, runs first for each).
--- Returns how many rows went.
+-- gives none. Returns how many rows went.
 local function purge(space, next_batch, before_delete)
     local removed = 0
     while true do
@@ -37,16 +52,7 @@ local function purge(space, next_batch, before_delete)
         if #keys == 0 then
             return removed
         end
-        atomic(function()
-            for _, key in ipairs(keys) do
-                if before_delete ~= nil then
-                    before_delete(key)
-                end
-                space:delete(key)
-            end
-        end)
-        removed = removed + #keys
-        fiber.sleep(PAUSE_S)
+        removed = removed + delete_batch(space, keys, before_delete)
     end
 end
 
@@ -103,15 +109,7 @@ local function purge_tombstones(before)
                 table.insert(dead, t[S.token])
             end
         end
-        local done = false
-        removed = removed + purge(box.space.subscriber, function()
-            if done then
-                return {}
-            end
-            done = true
-            return dead
-        end)
-        fiber.sleep(PAUSE_S)
+        removed = removed + delete_batch(box.space.subscriber, dead)
     end
 end
 
@@ -134,10 +132,10 @@ function M.run(cfg, now)
     out.dead_letters = purge(letters, function()
         local keys = {}
         for _, t in letters.index.id:pairs() do
-            if #keys >= BATCH or t[2] >= letters_before then
+            if #keys >= BATCH or t[D.created] >= letters_before then
                 break
             end
-            table.insert(keys, t[1])
+            table.insert(keys, t[D.id])
         end
         return keys
     end, function(id) dead_letters.drop_buried(letters:get(id)) end) -- its task, buried in its tube, too

@@ -10,6 +10,7 @@
 local errors = require('node.errors')
 local profiles = require('node.profiles')
 local schema = require('node.schema')
+local subscribers = require('node.subscribers')
 local tokens = require('node.tokens')
 
 local S = schema.SUBSCRIBER
@@ -78,8 +79,8 @@ function M.push(device_tokens, message, ttl_s)
     end
     local rows = {}
     for _, token in ipairs(device_tokens) do
-        local t = box.space.subscriber:get(tokens.encode(token))
-        if t ~= nil and t[S.profile] ~= profiles.NONE then
+        local t = subscribers.get(token)
+        if t ~= nil then
             table.insert(rows, t)
         end
     end
