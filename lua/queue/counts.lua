@@ -68,6 +68,16 @@ local function ended(self, delta, committed)
     end
 end
 
+-- One task less of `from`, one more of `to` (nil: no task), in `counts`.
+local function shift(counts, from, to)
+    if from ~= nil then
+        counts[from] = (counts[from] or 0) - 1
+    end
+    if to ~= nil then
+        counts[to] = (counts[to] or 0) + 1
+    end
+end
+
 -- A task went from status `from` to `to` (nil: no task). What a
 -- transaction counts is noted once a transaction, to take back should it
 -- roll back (a failed box.atomic, a failed WAL write, a yield inside it),
@@ -76,13 +86,7 @@ function M._moved(self, from, to, final)
     if from == to then
         return
     end
-    local counts = self.counts
-    if from ~= nil then
-        counts[from] = (counts[from] or 0) - 1
-    end
-    if to ~= nil then
-        counts[to] = (counts[to] or 0) + 1
-    end
+    shift(self.counts, from, to)
     local txn = tonumber(C.box_txn_id())
     if final or txn < 0 then
         return  -- or a single statement, committed already
@@ -94,15 +98,10 @@ function M._moved(self, from, to, final)
         self.pending[delta] = true
         state.on_end(ended, self, delta)
     end
-    if from ~= nil then
-        delta[from] = (delta[from] or 0) - 1
-    end
-    if to ~= nil then
-        delta[to] = (delta[to] or 0) + 1
-    end
+    shift(delta, from, to)
 end
 
--- Runs fn(self, a, b, c), which writes the tube and counts what it writes
+-- Runs fn(self, a, b, c, d), which writes the tube and counts what it writes
 -- (self.quiet), with the trigger off. Only inside a transaction and never
 -- on vinyl: then nothing yields before the trigger is back, so no other
 -- fiber's write can pass uncounted.

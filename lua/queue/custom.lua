@@ -159,13 +159,6 @@ function Custom:_take_wait(n, wait_s, give_up_at)
     end
 end
 
-function Custom:take(timeout)
-    local task = self:_take_wait(1, methods.wait_seconds(timeout))[1]
-    if task ~= nil then
-        return task
-    end
-end
-
 function Custom:take_many(n, timeout, opts)
     if type(n) ~= 'number' or n < 1 then
         fail(BAD_ARGUMENT, 'take_many: count must be a positive number, got %s', tostring(n))
@@ -283,7 +276,7 @@ end
 
 function Custom:truncate()
     self.raw:truncate()
-    self.owners, self.taken = {}, 0
+    self:_emptied()
 end
 
 -- Taken tasks `ids` are ready again (the driver writes that).
@@ -293,24 +286,6 @@ function Custom:_free(ids)
             self.raw:release(id, {})
         end
     end
-end
-
-function Custom:release_session(owner)
-    local mine = {}
-    for id, o in pairs(self.owners) do
-        if o == owner then
-            table.insert(mine, id)
-        end
-    end
-    self:_free(mine)
-end
-
-function Custom:release_all()
-    local all = {}
-    for id in pairs(self.owners) do
-        table.insert(all, id)
-    end
-    self:_free(all)
 end
 
 function Custom:_emptied()

@@ -107,35 +107,17 @@ function M:_taken_by_me(id)
     return t
 end
 
--- Every task the session holds is ready again: the session is gone.
-function M:release_session(owner)
-    local mine = {}
-    for id, o in pairs(self.owners) do
-        if o == owner then
-            table.insert(mine, id)
-        end
-    end
-    self:_free(mine)
-end
-
--- tarantool/queue's release_all: every taken task is ready again.
-function M:release_all()
-    local all = {}
-    for id in pairs(self.owners) do
-        table.insert(all, id)
-    end
-    self:_free(all)
-end
-
--- Taken tasks `ids` are ready again, nothing written.
-function M:_free(ids)
+-- Taken tasks `ids` are ready again, nothing written; counted and told
+-- as `what`: 'release' (the default) or 'ttr'.
+function M:_free(ids, what)
+    what = what or 'release'
     for _, id in ipairs(ids) do
         local t = self.space:get(id)
         if t ~= nil and self:_unhold(t, id) then
             self:_ready_again(t)
-            self.calls.release = self.calls.release + 1
+            self.calls[what] = self.calls[what] + 1
             if self.on_change ~= nil then
-                self:_notify(t, READY, 'release')
+                self:_notify(t, READY, what)
             end
         end
     end

@@ -43,7 +43,37 @@ function M.grant_call(user, fname)
     box.schema.user.grant(user, 'execute', 'function', fname, {if_not_exists = true})
 end
 
+-- Methods that tube.lua and custom.lua both mix in: each tube supplies
+-- _take_wait(n, wait_s) and _free(ids).
 M.METHODS = {}
+
+-- tarantool/queue's take: the task, or no value at all on timeout.
+function M.METHODS.take(self, timeout)
+    local task = self:_take_wait(1, M.wait_seconds(timeout))[1]
+    if task ~= nil then
+        return task
+    end
+end
+
+-- Every task the session holds is ready again: the session is gone.
+function M.METHODS.release_session(self, owner)
+    local mine = {}
+    for id, o in pairs(self.owners) do
+        if o == owner then
+            table.insert(mine, id)
+        end
+    end
+    self:_free(mine)
+end
+
+-- tarantool/queue's release_all: every taken task is ready again.
+function M.METHODS.release_all(self)
+    local all = {}
+    for id in pairs(self.owners) do
+        table.insert(all, id)
+    end
+    self:_free(all)
+end
 
 -- tube:on_task_change([fn]): fn(task, what) is called on every change of a
 -- task, `what` being tarantool/queue's name for it (put, take, delete for

@@ -52,15 +52,7 @@ local function reap()
     fiber.name('queue.sessions')
     while true do
         local now = fiber.time()
-        local next_at = math.huge
-        local over = {}
-        for session, at in pairs(idle_until) do
-            if at <= now then
-                table.insert(over, session)
-            elseif at < next_at then
-                next_at = at
-            end
-        end
+        local over, next_at = state.due_keys(idle_until, now)
         -- Ending one may yield (a custom driver writes): not while iterating.
         for _, session in ipairs(over) do
             local at = idle_until[session]

@@ -37,6 +37,20 @@ function M.clock_ms()
     return clock.time() * 1000
 end
 
+-- The keys of `times` (key -> when) whose time has come by `now`, and the
+-- earliest time still to come (math.huge if none).
+function M.due_keys(times, now)
+    local due, next_at = {}, math.huge
+    for key, at in pairs(times) do
+        if at <= now then
+            table.insert(due, key)
+        elseif at < next_at then
+            next_at = at
+        end
+    end
+    return due, next_at
+end
+
 -- An exact time (ms, fractional) as stored, rounded the safe way: an end
 -- of life down (a task may expire up to 1 ms early, never late), a start
 -- (delay, ttr) up (it may come up to 1 ms late, never early). The epsilon

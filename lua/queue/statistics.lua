@@ -69,9 +69,7 @@ end
 -- OLDEST_WALK entries at most.
 function M:statistics()
     local now = clock_ms()
-    if now >= self.next_deadline then
-        self:_return_overdue(now)
-    end
+    self:_return_overdue(now)
     local counts = self.counts
     local ready = (counts[READY] or 0) - self.taken
     local buried = counts[BURIED] or 0

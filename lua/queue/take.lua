@@ -123,9 +123,7 @@ end
 -- time now.
 function M:_catch_up()
     local now = clock_ms()
-    if now >= self.next_deadline then
-        self:_return_overdue(now)
-    end
+    self:_return_overdue(now)
     if now >= self.due[DELAYED] and self:_writable() then
         self:_promote(now)
         now = clock_ms()
@@ -215,14 +213,6 @@ function M:take_many(n, timeout, opts)
         fail(BAD_ARGUMENT, 'take_many: give_up_at must be epoch seconds, got %s', tostring(give_up_at))
     end
     return self:_take_wait(math.floor(n), methods.wait_seconds(timeout), give_up_at)
-end
-
--- tarantool/queue's take: the task, or no value at all on timeout.
-function M:take(timeout)
-    local task = self:_take_wait(1, methods.wait_seconds(timeout))[1]
-    if task ~= nil then
-        return task
-    end
 end
 
 return M

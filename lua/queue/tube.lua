@@ -465,9 +465,7 @@ end
 
 function Tube:peek(id)
     local now = clock_ms()
-    if now >= self.next_deadline then
-        self:_return_overdue(now)
-    end
+    self:_return_overdue(now)
     local t = self:_get(id, now)
     return public(t, self:_status(t, now))
 end

@@ -49,32 +49,14 @@ function M._writable(self)
 end
 
 -- Taken tasks past their deadline (ttr, or end of life) are free again:
--- ready on disk already, so nothing is written. Returns whether any were.
+-- ready on disk already, so nothing is written. O(1) before next_deadline.
 function M._return_overdue(self, now)
-    local next_deadline = math.huge
-    local overdue = {}
-    for id, due in pairs(self.deadlines) do
-        if due <= now then
-            table.insert(overdue, id)
-        elseif due < next_deadline then
-            next_deadline = due
-        end
+    if now < self.next_deadline then
+        return
     end
-    self.next_deadline = next_deadline
-    for _, id in ipairs(overdue) do
-        local t = self.space:get(id)
-        if t ~= nil and self:_unhold(t, id) then
-            self:_ready_again(t)
-            self.calls.ttr = self.calls.ttr + 1
-            if self.on_change ~= nil then
-                self:_notify(t, READY, 'ttr')
-            end
-        end
-    end
-    if #overdue > 0 then
-        self.takers:broadcast()
-    end
-    return #overdue > 0
+    local overdue
+    overdue, self.next_deadline = state.due_keys(self.deadlines, now)
+    self:_free(overdue, 'ttr')
 end
 
 -- Up to BATCH tasks of `status` whose next event has come and that nobody
@@ -146,9 +128,7 @@ end
 -- One pass; returns when the next event is (ms).
 function M._watch_once(self)
     local now = state.clock_ms()
-    if now >= self.next_deadline then
-        self:_return_overdue(now)
-    end
+    self:_return_overdue(now)
     if self:_writable() then
         if self.due[DELAYED] <= now then
             self:_promote(now)
