@@ -120,6 +120,16 @@ async def cluster(tmp_path: Path, gateways: FakeGateways) -> AsyncIterator[Clust
         for node in nodes:
             await node.start()
         await asyncio.gather(*(n.wait_up() for n in nodes))  # a new cluster starts together
+
+        async def all_peers_alive() -> bool:  # as the fan-out sees them: a part goes to live peers only
+            async with aiohttp.ClientSession() as http:
+                for n in nodes:
+                    async with http.get(f"{n.api}/readyz") as r:
+                        if r.status != 200 or len((await r.json())["peers_alive"]) != len(nodes) - 1:
+                            return False
+            return True
+
+        await c.wait(all_peers_alive, 60, "every node sees its peers")
         for node in nodes:
             await node.store.connect()
         regs = [Registration(token(i), f"user-{i:06d}", "ios" if i % 2 == 0 else "android", "news",
